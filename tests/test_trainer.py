@@ -1,0 +1,142 @@
+"""The training loop and the features CLI: resume, checkpoints, errors, torchrun, evaluation JSON."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from train import cinn, evaluate
+from train.common import UserError, load_tensors
+from train.synthetic import sample_pairs
+from train.tasks import TensorPairs
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture()
+def feats(tmp_path):
+    c, z = sample_pairs(600, seed=5)
+    np.save(tmp_path / "c.npy", c)
+    np.save(tmp_path / "z.npy", z)
+    return tmp_path
+
+
+def train_args(d, out, *extra):
+    return ["--task", "features", "--source", str(d / "c.npy"), "--target", str(d / "z.npy"),
+            "--out", str(out), "--preset", "smoke", *extra]
+
+
+def run_cli(args):
+    """Run a CLI in a subprocess: exit code and stderr, as a user sees them."""
+    p = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    return p.returncode, p.stderr
+
+
+def test_smoke_training_writes_run_and_evaluates(feats, capsys):
+    cinn.main(train_args(feats, feats / "run"))
+    for name in ("checkpoint.safetensors", "config.json", "metrics.csv"):
+        assert (feats / "run" / name).is_file()
+    rows = (feats / "run" / "metrics.csv").read_text().strip().splitlines()
+    assert rows[0].startswith("step,train_loss,val_loss") and len(rows) == 3
+    capsys.readouterr()
+    evaluate.main(["--run", str(feats / "run"), "--source", str(feats / "c.npy"),
+                   "--target", str(feats / "z.npy"), "--json"])
+    result = json.loads(capsys.readouterr().out)
+    for key in ("nll_nats_per_dim", "bits_per_dim", "roundtrip_rel_err", "num_samples"):
+        assert key in result
+    assert result["num_samples"] == 600 and result["roundtrip_rel_err"] < 1e-5
+    assert abs(result["bits_per_dim"] - result["nll_nats_per_dim"] / np.log(2)) < 1e-9
+
+
+def test_resume_equals_uninterrupted(feats, monkeypatch):
+    cinn.main(train_args(feats, feats / "full"))
+    original_batch = TensorPairs.batch
+    calls = {"n": 0}
+
+    def crashing_batch(self, size, generator):
+        calls["n"] += 1
+        if calls["n"] == 15:                 # dies after the step-10 checkpoint
+            raise KeyboardInterrupt
+        return original_batch(self, size, generator)
+
+    monkeypatch.setattr(TensorPairs, "batch", crashing_batch)
+    with pytest.raises(KeyboardInterrupt):
+        cinn.main(train_args(feats, feats / "cut"))
+    monkeypatch.setattr(TensorPairs, "batch", original_batch)
+    assert int(load_tensors(feats / "cut" / "checkpoint.safetensors")["trainer.step"]) == 10
+    cinn.main(train_args(feats, feats / "cut", "--resume"))
+    full = load_tensors(feats / "full" / "checkpoint.safetensors")
+    cut = load_tensors(feats / "cut" / "checkpoint.safetensors")
+    for name, tensor in full.items():
+        if name.startswith(("model.", "optim.")):
+            assert torch.equal(tensor, cut[name]), name
+
+
+def test_non_finite_loss_stops_without_writing(feats, monkeypatch):
+    original_batch = TensorPairs.batch
+
+    def poisoned(self, size, generator):
+        c, z = original_batch(self, size, generator)
+        return c, z * float("nan")
+
+    monkeypatch.setattr(TensorPairs, "batch", poisoned)
+    with pytest.raises(UserError, match="non-finite loss at step 0"):
+        cinn.main(train_args(feats, feats / "nan"))
+    assert not (feats / "nan" / "checkpoint.safetensors").exists()
+
+
+def test_existing_run_needs_resume(feats):
+    cinn.main(train_args(feats, feats / "run"))
+    with pytest.raises(UserError, match="--resume"):
+        cinn.main(train_args(feats, feats / "run"))
+
+
+def _bad_inputs(d):
+    c, z = sample_pairs(50, seed=1)
+    np.save(d / "short.npy", z[:40])
+    nan = z.copy()
+    nan[7, 2] = np.nan
+    np.save(d / "nan.npy", nan)
+    np.save(d / "empty.npy", np.zeros((0, 8), np.float32))
+    np.savez(d / "two.npz", a=c, b=z)
+    np.save(d / "wide.npy", np.concatenate([z, z], 1))
+    np.save(d / "c50.npy", c)
+    return {
+        "row counts differ": ["--source", "c50.npy", "--target", "short.npy"],
+        "NaN/Inf in 1 row": ["--source", "c50.npy", "--target", "nan.npy"],
+        "at least one row": ["--source", "c50.npy", "--target", "empty.npy"],
+        "choose one with --source-key": ["--source", "two.npz", "--target", "short.npy"],
+        "key 'zz' not in": ["--source", "two.npz", "--source-key", "zz", "--target", "short.npy"],
+        "not found": ["--source", "missing.npy", "--target", "short.npy"],
+    }
+
+
+def test_cli_errors_are_one_clear_line(tmp_path):
+    for expected, args in _bad_inputs(tmp_path).items():
+        args = [str(tmp_path / a) if a.endswith((".npy", ".npz")) else a for a in args]
+        code, err = run_cli(["train.cinn", "--task", "features", "--preset", "smoke",
+                             "--out", str(tmp_path / "o"), *args])
+        assert code == 2, (expected, err)
+        assert expected in err and "Traceback" not in err, (expected, err)
+        assert len(err.strip().splitlines()) == 1, err
+
+
+def test_resume_with_other_dims_is_refused(feats):
+    cinn.main(train_args(feats, feats / "run"))
+    np.save(feats / "z.npy", np.concatenate([np.load(feats / "z.npy")] * 2, 1))
+    code, err = run_cli(["train.cinn", *train_args(feats, feats / "run", "--resume")])
+    assert code == 2 and "model settings differ" in err and "Traceback" not in err
+
+
+def test_torchrun_two_cpu_processes(feats):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                        "29533", "-m", "train.cinn", *train_args(feats, feats / "ddp")],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert p.returncode == 0, p.stderr[-2000:]
+    tensors = load_tensors(feats / "ddp" / "checkpoint.safetensors")
+    assert int(tensors["trainer.step"]) == 20
+    assert all(torch.isfinite(t).all() for k, t in tensors.items() if k.startswith("model."))

@@ -1,0 +1,129 @@
+"""Small shared pieces of the training room: user-facing errors, atomic checkpoints, metric logs.
+
+Every CLI in `train/` wraps its `main` with `run_cli`, so bad input ends with one clear line and a
+non-zero exit code instead of a traceback from deep inside a library.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+
+class UserError(Exception):
+    """A problem with the user's input or environment; printed as one line, exit code 2."""
+
+
+def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> None:
+    try:
+        code = main(argv)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code or 0)
+
+
+def progress_interval() -> float:
+    """tqdm refresh interval: lively on a terminal, sparse in logs (CI, pipes)."""
+    return 0.5 if sys.stderr.isatty() else 30.0
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    """Write through a temp file in the same folder, then rename: a crash never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: str | Path, obj) -> None:
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=True)
+            f.write("\n")
+
+    _atomic_write(Path(path), write)
+
+
+def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
+    """Atomic safetensors write. Every value must be finite: a NaN checkpoint is never written."""
+    for name, t in tensors.items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise UserError(f"refusing to write a checkpoint with non-finite values in '{name}'")
+    flat = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    meta = {k: json.dumps(v) for k, v in (metadata or {}).items()}
+    _atomic_write(Path(path), lambda tmp: save_file(flat, tmp, metadata=meta))
+
+
+def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path}")
+    return load_file(str(path))
+
+
+def read_json(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"missing file: {path}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path} is not valid JSON: {e}") from None
+
+
+def pack_rng_state() -> dict[str, torch.Tensor]:
+    """RNG states as tensors, so `--resume` continues the exact random stream."""
+    np_state = np.random.get_state()
+    return {
+        "rng.torch": torch.get_rng_state(),
+        "rng.numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
+        "rng.numpy_pos": torch.tensor([np_state[2]], dtype=torch.int64),
+        "rng.python": torch.tensor(list(random.getstate()[1]), dtype=torch.int64),
+    }
+
+
+def unpack_rng_state(t: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(t["rng.torch"])
+    np.random.set_state(("MT19937", t["rng.numpy_keys"].numpy().astype(np.uint32), int(t["rng.numpy_pos"][0]), 0, 0.0))
+    random.setstate((3, tuple(int(x) for x in t["rng.python"].tolist()), None))
+
+
+class MetricsLog:
+    """Append-only `metrics.csv`; the header is fixed by the first row written."""
+
+    def __init__(self, path: str | Path, fields: list[str], append: bool = False):
+        self.path = Path(path)
+        self.fields = fields
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not (append and self.path.exists()):
+            with open(self.path, "w", newline="") as f:
+                csv.writer(f).writerow(fields)
+
+    def write(self, **row) -> None:
+        with open(self.path, "a", newline="") as f:
+            csv.writer(f).writerow([row.get(k, "") for k in self.fields])

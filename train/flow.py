@@ -1,0 +1,327 @@
+"""The conditional invertible network τ of the paper (Sec. 3, Appendix G.1), read top to bottom.
+
+Notation, used everywhere in this project:
+  τ     (Eq. 1)  `ConditionalINN.forward(v, cond) -> z`            residual v ~ N(0, I) to target zΘ; sampling.
+  τ⁻¹   (Eq. 2)  `ConditionalINN.inverse(z, cond) -> (v, logdet)`  target to residual, with log|det ∂v/∂z|;
+                                                                    likelihood (Eq. 4) and editing.
+Every invertible piece below has the same pair of methods, `forward` (τ direction) and `inverse`
+(τ⁻¹ direction), each returning its output and the log-determinant of that direction.
+
+One INN block (Fig. S7) in the τ⁻¹ direction: ActNorm -> double affine coupling -> fixed permutation;
+τ runs the same pieces backwards. ActNorm comes first in τ⁻¹ so every coupling sees normalised input.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class FlowConfig:
+    target_dim: int                    # D, dimension of zΘ
+    cond_shape: tuple[int, ...]        # shape of one raw condition zΦ: (c,) vector or (C, H, W) spatial
+    embed_dim: int = 64                # dimension of h = H(zΦ), Eq. 19
+    embed_hidden: int = 256            # width of the vector embedder / FC of the conv embedder
+    embed_depth: int = 2               # hidden layers of the vector embedder; downsamplings n of the conv one
+    num_blocks: int = 12               # the paper uses 20; net2net's configs 20-24
+    hidden: int = 256                  # subnetwork width (paper: 8·D, Tab. S3a)
+    depth: int = 2                     # hidden layers per subnetwork (paper: 4)
+    clamp: float = 2.0                 # soft clamp α of the log-scale, see `soft_clamp`
+    fused: bool = True                 # one subnetwork emits both s and t (same math, half the matmuls)
+    seed: int = 0                      # seeds the fixed permutations
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FlowConfig":
+        d = dict(d)
+        d["cond_shape"] = tuple(d["cond_shape"])
+        return cls(**d)
+
+
+def soft_clamp(s: torch.Tensor, alpha: float) -> torch.Tensor:
+    """s -> α·tanh(s/α): |log-scale| < α, so exp(s) stays below e^α (7.4 for α = 2) and can never
+    overflow, also in fp16 engines; near 0 it is the identity, so small scales train unhindered."""
+    return alpha * torch.tanh(s / alpha)
+
+
+def mlp(d_in: int, d_out: int, hidden: int, depth: int, zero_last: bool = False) -> nn.Sequential:
+    """Tab. S3a: (FC, LReLU(0.01)) -> depth-1 x (FC, LReLU) -> FC. With zero_last the net starts at 0,
+    so every coupling starts as the identity."""
+    layers: list[nn.Module] = [nn.Linear(d_in, hidden), nn.LeakyReLU(0.01)]
+    for _ in range(depth - 1):
+        layers += [nn.Linear(hidden, hidden), nn.LeakyReLU(0.01)]
+    last = nn.Linear(hidden, d_out)
+    if zero_last:
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+    return nn.Sequential(*layers, last)
+
+
+class ActNorm(nn.Module):
+    """Glow's activation normalisation [35]: τ⁻¹: v = (z - b)·exp(-s), log-det = -Σ s (per sample).
+
+    Data-dependent init: on the first τ⁻¹ batch in training mode, b and s are set so the output has zero
+    mean and unit variance per channel. The `initialized` buffer is saved with the checkpoint, so a
+    loaded model never re-initialises. Works on (N, C) and (N, C, H, W) inputs (log-det counts H·W)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.log_scale = nn.Parameter(torch.zeros(channels))
+        self.register_buffer("initialized", torch.tensor(False))
+
+    def _view(self, p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return p.view(1, -1, *([1] * (x.dim() - 2)))
+
+    @torch.no_grad()
+    def _init_from(self, z: torch.Tensor) -> None:
+        flat = z.transpose(0, 1).reshape(z.shape[1], -1)
+        self.bias.copy_(flat.mean(1))
+        self.log_scale.copy_(torch.log(flat.std(1).clamp_min(1e-6)))
+        self.initialized.fill_(True)
+
+    def inverse(self, z: torch.Tensor, h=None) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.training and not bool(self.initialized):
+            self._init_from(z)
+        v = (z - self._view(self.bias, z)) * torch.exp(-self._view(self.log_scale, z))
+        pixels = z[0, 0].numel()
+        return v, (-self.log_scale.sum() * pixels).expand(z.shape[0])
+
+    def forward(self, v: torch.Tensor, h=None) -> tuple[torch.Tensor, torch.Tensor]:
+        z = v * torch.exp(self._view(self.log_scale, v)) + self._view(self.bias, v)
+        pixels = v[0, 0].numel()
+        return z, (self.log_scale.sum() * pixels).expand(v.shape[0])
+
+
+class Permutation(nn.Module):
+    """A fixed random permutation of the components (seeded; stored as a buffer in the checkpoint).
+    Volume preserving: log-det 0."""
+
+    def __init__(self, dim: int, seed: int):
+        super().__init__()
+        perm = torch.randperm(dim, generator=torch.Generator().manual_seed(seed))
+        self.register_buffer("perm", perm)
+        self.register_buffer("perm_inv", torch.argsort(perm))
+
+    def inverse(self, z, h=None):
+        return z[:, self.perm], z.new_zeros(z.shape[0])
+
+    def forward(self, v, h=None):
+        return v[:, self.perm_inv], v.new_zeros(v.shape[0])
+
+
+class AffineHalf(nn.Module):
+    """Predicts (s, t) for one half from [x_other ; h] (Eq. 21), fused or as two subnetworks."""
+
+    def __init__(self, d_in: int, d_out: int, cfg: FlowConfig):
+        super().__init__()
+        self.clamp = cfg.clamp
+        if cfg.fused:
+            self.st = mlp(d_in, 2 * d_out, cfg.hidden, cfg.depth, zero_last=True)
+        else:
+            self.s = mlp(d_in, d_out, cfg.hidden, cfg.depth, zero_last=True)
+            self.t = mlp(d_in, d_out, cfg.hidden, cfg.depth, zero_last=True)
+
+    def forward(self, x: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        xh = torch.cat([x, h], dim=1)
+        if hasattr(self, "st"):
+            s, t = self.st(xh).chunk(2, dim=1)
+        else:
+            s, t = self.s(xh), self.t(xh)
+        return soft_clamp(s, self.clamp), t
+
+
+class DoubleAffineCoupling(nn.Module):
+    """The alternating ("double") affine coupling of Eq. 20-22, conditioned on h.
+
+    τ⁻¹:  a2 = exp(s1(a1; h))·z2 + t1(a1; h)      with (a1, z2) = split(z), a1 = z1
+          a1' = exp(s2(a2; h))·a1 + t2(a2; h)     output (a1', a2)
+          log-det = Σ s1 + Σ s2
+    τ runs the two steps backwards with exp(-s) and subtraction, so both directions are exact."""
+
+    def __init__(self, cfg: FlowConfig):
+        super().__init__()
+        d = cfg.target_dim
+        self.d1 = d // 2
+        self.d2 = d - self.d1
+        self.first = AffineHalf(self.d1 + cfg.embed_dim, self.d2, cfg)    # acts on the second half
+        self.second = AffineHalf(self.d2 + cfg.embed_dim, self.d1, cfg)   # acts on the first half
+
+    def inverse(self, z, h):
+        z1, z2 = z[:, : self.d1], z[:, self.d1 :]
+        s1, t1 = self.first(z1, h)
+        a2 = z2 * torch.exp(s1) + t1
+        s2, t2 = self.second(a2, h)
+        a1 = z1 * torch.exp(s2) + t2
+        return torch.cat([a1, a2], 1), s1.sum(1) + s2.sum(1)
+
+    def forward(self, v, h):
+        a1, a2 = v[:, : self.d1], v[:, self.d1 :]
+        s2, t2 = self.second(a2, h)
+        z1 = (a1 - t2) * torch.exp(-s2)
+        s1, t1 = self.first(z1, h)
+        z2 = (a2 - t1) * torch.exp(-s1)
+        return torch.cat([z1, z2], 1), -(s1.sum(1) + s2.sum(1))
+
+
+class VectorEmbedder(nn.Module):
+    """H for vector conditions (Tab. S3b, last sentence): a feed-forward net as Tab. S3a."""
+
+    def __init__(self, cfg: FlowConfig):
+        super().__init__()
+        self.net = mlp(cfg.cond_shape[0], cfg.embed_dim, cfg.embed_hidden, cfg.embed_depth)
+
+    def forward(self, c):
+        return self.net(c)
+
+
+class ConvEmbedder(nn.Module):
+    """H for spatial conditions (Tab. S3b): n x (Conv stride 2, ActNorm, LReLU) -> flatten -> FC."""
+
+    def __init__(self, cfg: FlowConfig):
+        super().__init__()
+        ch, hgt, wid = cfg.cond_shape
+        layers: list[nn.Module] = []
+        for i in range(cfg.embed_depth):
+            out = 64 * (i + 1)
+            layers += [nn.Conv2d(ch, out, 4, stride=2, padding=1), ActNormLayer(out), nn.LeakyReLU(0.01)]
+            ch, hgt, wid = out, hgt // 2, wid // 2
+        self.convs = nn.Sequential(*layers)
+        self.fc = nn.Linear(ch * hgt * wid, cfg.embed_dim)
+
+    def forward(self, c):
+        return self.fc(self.convs(c).flatten(1))
+
+
+class ActNormLayer(ActNorm):
+    """ActNorm used as a plain (non-invertible) layer inside the embedder H."""
+
+    def forward(self, x, h=None):
+        return ActNorm.inverse(self, x)[0]
+
+
+class ConditionalINN(nn.Module):
+    """τ(v | zΦ) (Eq. 1) and τ⁻¹(zΘ | zΦ) (Eq. 2), with the condition embedder H inside.
+
+    Standardisation of both representations lives in fixed buffers (`set_standardization`), so the
+    module takes and returns zΦ and zΘ in their original units and its log-det (and thus the NLL of
+    Eq. 4) includes the -Σ log σ of the target standardisation."""
+
+    def __init__(self, cfg: FlowConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embedder = VectorEmbedder(cfg) if len(cfg.cond_shape) == 1 else ConvEmbedder(cfg)
+        blocks: list[nn.Module] = []
+        for i in range(cfg.num_blocks):
+            blocks += [ActNorm(cfg.target_dim), DoubleAffineCoupling(cfg), Permutation(cfg.target_dim, cfg.seed * 1000 + i)]
+        self.blocks = nn.ModuleList(blocks)
+        self.register_buffer("cond_mean", torch.zeros(cfg.cond_shape))
+        self.register_buffer("cond_std", torch.ones(cfg.cond_shape))
+        self.register_buffer("target_mean", torch.zeros(cfg.target_dim))
+        self.register_buffer("target_std", torch.ones(cfg.target_dim))
+
+    @torch.no_grad()
+    def set_standardization(self, cond_mean, cond_std, target_mean, target_std) -> None:
+        self.cond_mean.copy_(cond_mean)
+        self.cond_std.copy_(cond_std.clamp_min(1e-6))
+        self.target_mean.copy_(target_mean)
+        self.target_std.copy_(target_std.clamp_min(1e-6))
+
+    def embed(self, cond: torch.Tensor) -> torch.Tensor:
+        """h = H(zΦ), Eq. 19."""
+        return self.embedder((cond - self.cond_mean) / self.cond_std)
+
+    def inverse(self, z: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """τ⁻¹ (Eq. 2): v = τ⁻¹(zΘ | zΦ) and log|det ∂v/∂zΘ| per sample."""
+        h = self.embed(cond)
+        x = (z - self.target_mean) / self.target_std
+        logdet = (-torch.log(self.target_std).sum()).expand(z.shape[0])
+        for block in self.blocks:
+            x, ld = block.inverse(x, h)
+            logdet = logdet + ld
+        return x, logdet
+
+    def forward(self, v: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """τ (Eq. 1): zΘ = τ(v | zΦ)."""
+        h = self.embed(cond)
+        x = v
+        for block in reversed(self.blocks):
+            x, _ = block.forward(x, h)
+        return x * self.target_std + self.target_mean
+
+    def nll(self, z: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """Per-sample -log p(zΘ | zΦ) in nats: the Eq. 4 objective, -log q(τ⁻¹(z|c)) - log|det J_τ⁻¹|,
+        with q = N(0, I). Averaging over pairs gives Eq. 4 up to the constant data entropy."""
+        v, logdet = self.inverse(z, cond)
+        log_q = -0.5 * (v**2).sum(1) - 0.5 * v.shape[1] * math.log(2 * math.pi)
+        return -(log_q + logdet)
+
+    @torch.no_grad()
+    def sample(self, cond: torch.Tensor, num_samples: int = 1, temperature: float = 1.0,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        """Eq. 7: v ~ N(0, T²·I), zΘ = τ(v | zΦ). Returns (N·num_samples, D), samples of one condition
+        adjacent (row i·num_samples + k is sample k of condition i)."""
+        cond = cond.repeat_interleave(num_samples, dim=0)
+        v = torch.randn(cond.shape[0], self.cfg.target_dim, generator=generator).to(cond.device) * temperature
+        return self.forward(v, cond)
+
+
+@dataclass
+class MLPConfig:
+    """The deterministic baseline of Sec. E: embedder H + a NeRF-style FC net [46] (8 x 256, one skip)."""
+    target_dim: int
+    cond_shape: tuple[int, ...]
+    embed_dim: int = 64
+    embed_hidden: int = 256
+    embed_depth: int = 2
+    hidden: int = 256
+    depth: int = 8
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "MLPConfig":
+        d = dict(d)
+        d["cond_shape"] = tuple(d["cond_shape"])
+        return cls(**d)
+
+
+class MLPTranslator(nn.Module):
+    """zΘ = MLP(H(zΦ)), trained by MSE. Same `sample` interface as the cINN; every sample is the same
+    point (the mean), which is exactly the failure mode Sec. E shows."""
+
+    def __init__(self, cfg: MLPConfig):
+        super().__init__()
+        self.cfg = cfg
+        emb = FlowConfig(cfg.target_dim, cfg.cond_shape, cfg.embed_dim, cfg.embed_hidden, cfg.embed_depth)
+        self.embedder = VectorEmbedder(emb) if len(cfg.cond_shape) == 1 else ConvEmbedder(emb)
+        half = cfg.depth // 2
+        self.head = mlp(cfg.embed_dim, cfg.hidden, cfg.hidden, half)
+        self.tail = mlp(cfg.hidden + cfg.embed_dim, cfg.target_dim, cfg.hidden, cfg.depth - half)
+        self.register_buffer("cond_mean", torch.zeros(cfg.cond_shape))
+        self.register_buffer("cond_std", torch.ones(cfg.cond_shape))
+        self.register_buffer("target_mean", torch.zeros(cfg.target_dim))
+        self.register_buffer("target_std", torch.ones(cfg.target_dim))
+
+    set_standardization = ConditionalINN.set_standardization
+    embed = ConditionalINN.embed
+
+    def forward(self, cond: torch.Tensor) -> torch.Tensor:
+        h = self.embed(cond)
+        x = self.tail(torch.cat([F.leaky_relu(self.head(h), 0.01), h], 1))   # the NeRF skip connection
+        return x * self.target_std + self.target_mean
+
+    def loss(self, z: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """Per-sample MSE in standardised latent units."""
+        return (((self.forward(cond) - z) / self.target_std) ** 2).mean(1)
+
+    @torch.no_grad()
+    def sample(self, cond, num_samples: int = 1, temperature: float = 1.0, generator=None) -> torch.Tensor:
+        return self.forward(cond).repeat_interleave(num_samples, dim=0)

@@ -1,0 +1,221 @@
+"""The training loop for τ (and the MLP baseline): plain PyTorch, no framework.
+
+It trains on any `PairSource` (something that hands out (zΦ, zΘ) batches); tasks differ only in
+their pair source. The experts never see a gradient: pair sources return detached tensors.
+
+Runs unchanged under `torchrun --nproc_per_node N` (DistributedDataParallel; gloo on CPU, nccl on
+GPU); rank 0 logs and writes. The global batch is split across ranks.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Protocol
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from tqdm import tqdm
+
+from train.common import (MetricsLog, UserError, atomic_write_json, load_tensors, pack_rng_state,
+                          progress_interval, read_json, save_tensors, unpack_rng_state)
+from train.flow import ConditionalINN, FlowConfig, MLPConfig, MLPTranslator
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 3000
+    batch_size: int = 256
+    lr: float = 1e-3
+    warmup: int = 100              # linear warm-up steps, then cosine decay to lr·final_lr_frac
+    final_lr_frac: float = 0.02
+    weight_decay: float = 0.0
+    grad_clip: float = 10.0
+    val_every: int = 250
+    ckpt_every: int = 1000
+    seed: int = 0
+
+
+class PairSource(Protocol):
+    cond_shape: tuple[int, ...]
+    target_dim: int
+
+    def batch(self, size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def validation(self) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def statistics(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]: ...
+
+
+class Objective(nn.Module):
+    """Wraps a translator so DistributedDataParallel sees the loss as `forward`: Eq. 4 for the cINN
+    (mean NLL in nats per sample), MSE for the MLP baseline."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, cond, z):
+        if isinstance(self.model, ConditionalINN):
+            return self.model.nll(z, cond).mean()
+        return self.model.loss(z, cond).mean()
+
+
+def build_model(kind: str, model_cfg: dict) -> nn.Module:
+    if kind == "cinn":
+        return ConditionalINN(FlowConfig.from_dict(model_cfg))
+    if kind == "mlp":
+        return MLPTranslator(MLPConfig.from_dict(model_cfg))
+    raise UserError(f"unknown model kind '{kind}' (expected cinn or mlp)")
+
+
+def load_translator(run_dir: str | Path) -> tuple[nn.Module, dict]:
+    """Rebuild a trained τ (or MLP) from RUN/config.json + RUN/checkpoint.safetensors, in eval mode."""
+    run_dir = Path(run_dir)
+    config = read_json(run_dir / "config.json")
+    model = build_model(config["kind"], config["model"])
+    tensors = load_tensors(run_dir / "checkpoint.safetensors")
+    state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise UserError(f"checkpoint in {run_dir} does not match its config (missing {missing[:3]}, "
+                        f"unexpected {unexpected[:3]})")
+    return model.eval(), config
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (cfg.final_lr_frac + (1 - cfg.final_lr_frac) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def _optim_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    out = {}
+    for idx, state in opt.state_dict()["state"].items():
+        for key, val in state.items():
+            out[f"optim.{idx}.{key}"] = torch.as_tensor(val)
+    return out
+
+
+def _load_optim(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
+    sd = opt.state_dict()
+    state: dict[int, dict] = {}
+    for name, val in tensors.items():
+        if name.startswith("optim."):
+            _, idx, key = name.split(".", 2)
+            state.setdefault(int(idx), {})[key] = val
+    sd["state"] = state
+    opt.load_state_dict(sd)
+
+
+def _dist_info() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+    return (dist.get_rank(), world) if world > 1 else (0, 1)
+
+
+def evaluate_nll(model: nn.Module, cond: torch.Tensor, z: torch.Tensor, batch: int = 4096) -> float:
+    """Mean per-dim loss on held-out pairs: NLL nats/dim (cINN) or MSE (MLP)."""
+    obj = Objective(model)
+    total = 0.0
+    with torch.no_grad():
+        for i in range(0, len(z), batch):
+            total += obj(cond[i:i + batch], z[i:i + batch]).item() * len(z[i:i + batch])
+    per_sample = total / len(z)
+    return per_sample / z.shape[1] if isinstance(model, ConditionalINN) else per_sample
+
+
+def train(kind: str, model_cfg: dict, cfg: TrainConfig, source: PairSource, out_dir: str | Path,
+          resume: bool = False, run_info: dict | None = None, device: str = "cpu") -> nn.Module:
+    """Train and checkpoint a translator; returns it (eval mode). `run_info` goes into config.json."""
+    out = Path(out_dir)
+    rank, world = _dist_info()
+    is_main = rank == 0
+    ckpt = out / "checkpoint.safetensors"
+    config = {"kind": kind, "model": model_cfg, "train": asdict(cfg), **(run_info or {})}
+    if resume:
+        old = read_json(out / "config.json")
+        if old["model"] != json.loads(json.dumps(model_cfg)):
+            raise UserError(f"--resume: model settings differ from the run in {out} "
+                            f"(was {old['model']}); resume with the same settings or start a new --out")
+    elif ckpt.exists():
+        raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+
+    model = build_model(kind, model_cfg).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
+    start = 0
+    if resume:
+        tensors = load_tensors(ckpt)
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        _load_optim(opt, tensors)
+        gen.set_state(tensors["rng.batch"])
+        unpack_rng_state(tensors)
+        start = int(tensors["trainer.step"].item())
+    else:
+        model.set_standardization(*source.statistics())
+        if kind == "cinn":          # ActNorm data-dependent init, before DDP broadcasts rank 0's weights
+            model.train()
+            with torch.no_grad():
+                c0, z0 = source.batch(max(cfg.batch_size, 512), torch.Generator().manual_seed(cfg.seed))
+                model.inverse(z0.to(device), c0.to(device))
+    if is_main:
+        atomic_write_json(out / "config.json", config)
+    objective: nn.Module = Objective(model)
+    if world > 1:
+        objective = nn.parallel.DistributedDataParallel(objective)
+
+    def save(step: int) -> None:
+        tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+        tensors.update(_optim_tensors(opt))
+        tensors.update(pack_rng_state())
+        tensors["rng.batch"] = gen.get_state()
+        tensors["trainer.step"] = torch.tensor([step])
+        save_tensors(ckpt, tensors)
+
+    val_c, val_z = source.validation()
+    log = MetricsLog(out / "metrics.csv", ["step", "train_loss", "val_loss", "lr", "samples_per_s"],
+                     append=resume) if is_main else None
+    per_rank = max(1, cfg.batch_size // world)
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not is_main,
+               desc=f"train {kind}", dynamic_ncols=True, mininterval=progress_interval())
+    t0, seen, val_loss = time.perf_counter(), 0, float("nan")
+    model.train()
+    for step in bar:
+        lr = lr_at(step, cfg)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        cond, z = source.batch(per_rank, gen)
+        loss = objective(cond.to(device), z.to(device))
+        if not torch.isfinite(loss):
+            raise UserError(f"non-finite loss at step {step} (lr {lr:.2e}); nothing was written for this step. "
+                            f"Lower --lr or check the features for extreme values")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        seen += per_rank * world
+        done = step + 1
+        if is_main and (done % cfg.val_every == 0 or done == cfg.steps):
+            model.eval()
+            val_loss = evaluate_nll(model, val_c.to(device), val_z.to(device))
+            model.train()
+            rate = seen / (time.perf_counter() - t0)
+            log.write(step=done, train_loss=f"{loss.item() / (z.shape[1] if kind == 'cinn' else 1):.5f}",
+                      val_loss=f"{val_loss:.5f}", lr=f"{lr:.3e}", samples_per_s=f"{rate:.0f}")
+            bar.set_postfix(loss=f"{loss.item():.3f}", val=f"{val_loss:.4f}", sps=f"{rate:.0f}")
+        if is_main and (done % cfg.ckpt_every == 0 or done == cfg.steps):
+            save(done)
+    if is_main:
+        elapsed = time.perf_counter() - t0
+        unit = "nats/dim" if kind == "cinn" else "mse"
+        print(f"done: {cfg.steps - start} steps in {elapsed:.1f}s ({seen / max(elapsed, 1e-9):.0f} samples/s), "
+              f"val {unit} {val_loss:.4f}; checkpoint {ckpt}")
+    if world > 1:
+        dist.barrier()
+    return model.eval()
