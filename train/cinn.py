@@ -14,14 +14,15 @@ import torch
 
 from train.common import UserError, run_cli, seed_everything
 from train.flow import FlowConfig, MLPConfig
-from train.tasks import TASKS
+from train.tasks import load_all
 from train.trainer import TrainConfig, train
 
 
 def build_parser() -> argparse.ArgumentParser:
+    tasks = load_all()
     ap = argparse.ArgumentParser(prog="python -m train.cinn", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--task", required=True, choices=sorted(TASKS), help="registered translation task")
+    ap.add_argument("--task", required=True, choices=sorted(tasks), help="registered translation task")
     ap.add_argument("--model", default="cinn", choices=["cinn", "mlp"],
                     help="cinn (default) or the deterministic MLP baseline of Sec. E")
     ap.add_argument("--out", help="run folder (default runs/<task>/<model>)")
@@ -32,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
-    for task in TASKS.values():
+    for task in tasks.values():
         task.add_args(ap)
     return ap
 
@@ -64,7 +65,7 @@ def resolve_configs(args, task, cond_shape, target_dim) -> tuple[dict, TrainConf
 def main(argv=None):
     args = build_parser().parse_args(argv)
     seed_everything(args.seed)
-    task = TASKS[args.task]
+    task = load_all()[args.task]
     source, info = task.make_source(args)
     model_cfg, tcfg = resolve_configs(args, task, source.cond_shape, source.target_dim)
     out = args.out or f"runs/{args.task}/{args.model}"
@@ -73,7 +74,9 @@ def main(argv=None):
     print(f"task {args.task}: zΦ {tuple(source.cond_shape)} -> zΘ ({source.target_dim},), model {args.model}, "
           f"preset {args.preset}, {tcfg.steps} steps, out {out}")
     info = {**info, "preset": args.preset}
-    train(args.model, model_cfg, tcfg, source, out, resume=args.resume, run_info=info, device=args.device)
+    model = train(args.model, model_cfg, tcfg, source, out, resume=args.resume, run_info=info, device=args.device)
+    if task.after_training is not None:
+        task.after_training(out, model, args)
 
 
 if __name__ == "__main__":

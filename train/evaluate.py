@@ -16,6 +16,7 @@ import torch
 from train.common import UserError, read_json, run_cli
 from train.features import load_pairs
 from train.flow import ConditionalINN
+from train.tasks import load_all
 from train.trainer import evaluate_nll, load_translator
 
 # task -> "module:function"; each function takes the parsed args and returns a JSON-able dict.
@@ -65,7 +66,7 @@ def evaluate_ae(args) -> dict:
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m train.evaluate", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--task", help=f"one of {', '.join(EVALUATORS)} (default: the run's own task)")
+    ap.add_argument("--task", help="ae, features or any registered task (default: the run's own task)")
     ap.add_argument("--run", required=True, help="run folder")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("--source", help="features task: source feature file")
@@ -74,14 +75,21 @@ def main(argv=None):
     ap.add_argument("--target-key")
     ap.add_argument("--num-images", type=int, default=1000, help="image tasks: test images to evaluate")
     ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
+    ap.add_argument("--captions", help="text tasks: score a captions .jsonl file")
+    ap.add_argument("--oracle", default="runs/sprites/classifier", help="sprites tasks: oracle classifier run")
+    args, extra = ap.parse_known_args(argv)
+    args.extra = extra     # task-specific options (e.g. --biggan, --text-encoder), parsed by the task
     if not Path(args.run).is_dir():
         raise UserError(f"run folder not found: {args.run}")
     task = args.task or read_json(Path(args.run) / "config.json").get("task", "features")
-    if task not in EVALUATORS:
-        raise UserError(f"no evaluation for task '{task}'; choose from {', '.join(EVALUATORS)}")
-    module, func = EVALUATORS[task].split(":")
-    result = getattr(importlib.import_module(module), func)(args)
+    registered = {name: t.evaluate for name, t in load_all().items() if t.evaluate is not None}
+    if task in EVALUATORS:
+        module, func = EVALUATORS[task].split(":")
+        result = getattr(importlib.import_module(module), func)(args)
+    elif task in registered:
+        result = registered[task](args)
+    else:
+        raise UserError(f"no evaluation for task '{task}'; choose from {', '.join([*EVALUATORS, *registered])}")
     if args.json:
         print(json.dumps(result, indent=2, sort_keys=True))
     else:

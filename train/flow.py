@@ -219,7 +219,8 @@ class ConditionalINN(nn.Module):
         self.embedder = VectorEmbedder(cfg) if len(cfg.cond_shape) == 1 else ConvEmbedder(cfg)
         blocks: list[nn.Module] = []
         for i in range(cfg.num_blocks):
-            blocks += [ActNorm(cfg.target_dim), DoubleAffineCoupling(cfg), Permutation(cfg.target_dim, cfg.seed * 1000 + i)]
+            perm = Permutation(cfg.target_dim, cfg.seed * 1000 + i)
+            blocks += [ActNorm(cfg.target_dim), DoubleAffineCoupling(cfg), perm]
         self.blocks = nn.ModuleList(blocks)
         self.register_buffer("cond_mean", torch.zeros(cfg.cond_shape))
         self.register_buffer("cond_std", torch.ones(cfg.cond_shape))

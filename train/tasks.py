@@ -59,12 +59,35 @@ class TensorPairs:
 
 
 @dataclass
+class Experts:
+    """The frozen experts of a trained task, as export and evaluation need them. Any may be None:
+    `source_encoder` Φ (raw input -> zΦ; None when zΦ is given directly, e.g. an attribute vector),
+    `target_encoder` Θ (image -> zΘ), `target_decoder` Λ (zΘ -> image)."""
+    source_encoder: torch.nn.Module | None = None
+    target_encoder: torch.nn.Module | None = None
+    target_decoder: torch.nn.Module | None = None
+    info: dict = field(default_factory=dict)     # e.g. tokenizer folder, image size, warnings
+
+
+@dataclass
 class Task:
+    """A registry entry. `make_source(args)` returns the PairSource and run info for config.json;
+    `experts(config)` rebuilds the frozen experts from a run's config; `after_training(run_dir, model,
+    args)` writes grids; `evaluate(args)` returns the task's evaluation dict."""
     name: str
     help: str
     add_args: Callable[[argparse.ArgumentParser], None]
-    make_source: Callable[[argparse.Namespace], tuple[TensorPairs, dict]]
+    make_source: Callable[[argparse.Namespace], tuple[object, dict]]
     presets: dict = field(default_factory=lambda: FEATURE_PRESETS)
+    experts: Callable[[dict], Experts] | None = None
+    after_training: Callable | None = None
+    evaluate: Callable | None = None
+
+
+def add_arg_once(ap: argparse.ArgumentParser, *flags, **kwargs) -> None:
+    """Tasks share some options (e.g. --text-encoder); the first task to declare one defines it."""
+    if not any(f in ap._option_string_actions for f in flags):
+        ap.add_argument(*flags, **kwargs)
 
 
 def _features_args(ap: argparse.ArgumentParser) -> None:
@@ -86,7 +109,25 @@ def _features_source(args):
     return TensorPairs(c, z, seed=args.seed), info
 
 
-TASKS: dict[str, Task] = {
-    "features": Task("features", "any two aligned feature files (the plug-and-play case)",
-                     _features_args, _features_source),
-}
+TASKS: dict[str, Task] = {}
+
+
+def register(task: Task) -> Task:
+    if task.name in TASKS:
+        raise ValueError(f"task {task.name} registered twice")
+    TASKS[task.name] = task
+    return task
+
+
+register(Task("features", "any two aligned feature files (the plug-and-play case)", _features_args,
+              _features_source, experts=lambda config: Experts()))
+
+# Modules that register further tasks when imported (each adds entries with `register`).
+TASK_MODULES = []
+
+
+def load_all() -> dict[str, Task]:
+    import importlib
+    for module in TASK_MODULES:
+        importlib.import_module(module)
+    return TASKS
