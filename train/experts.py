@@ -47,6 +47,8 @@ class TextEncoder(nn.Module):
                             f"model folder (with modules.json, config.json, tokenizer files)")
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as hf_logging
+        hf_logging.disable_progress_bar()       # no "Loading weights" bar on every command
         try:
             st = SentenceTransformer(str(path), device="cpu")
         except (OSError, ValueError) as e:

@@ -1,0 +1,174 @@
+"""Captions for sprites: attribute vector -> English sentence, plus a loader for caption files.
+
+A caption is built from up to seven phrases, one per attribute group (shape, colour, size,
+horizontal position, vertical position, background, style). Each value has several synonyms and
+each sentence frame comes from a template list. TRAIN_TEMPLATES / TRAIN_WORDS are what models
+are trained on; HELDOUT_TEMPLATES / HELDOUT_WORDS are phrasings never seen in training, used to
+test whether a text-conditioned model generalises. A partial caption mentions only some groups,
+and `make_caption` returns exactly the attributes the sentence determines.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from train.common import UserError
+from train.data import ATTRIBUTES, COLORS, GROUPS, SHAPES
+
+TRAIN_TEMPLATES = [
+    "{np}{where}{bg}",
+    "there is {np}{where}{bg}",
+    "a picture of {np}{where}{bg}",
+    "this image shows {np}{where}{bg}",
+    "{np} is drawn{where}{bg}",
+]
+HELDOUT_TEMPLATES = [
+    "you can see {np}{where}{bg}",
+    "somebody painted {np}{where}{bg}",
+    "the scene contains {np}{where}{bg}",
+    "look, {np} appears{where}{bg}",
+]
+
+# Synonyms per (group, value). Held-out words overlap the train words only in the plain names,
+# so a held-out caption always differs from every train caption in its frame.
+TRAIN_WORDS = {
+    "shape": {"circle": ["circle", "disc", "round shape"], "square": ["square", "box", "block"],
+              "triangle": ["triangle", "triangular shape"], None: ["shape", "object"]},
+    "color": {"red": ["red", "crimson"], "green": ["green", "emerald"], "blue": ["blue", "azure"],
+              "yellow": ["yellow", "golden"], "purple": ["purple", "violet"]},
+    "size": {1: ["large", "big"], 0: ["small", "little"]},
+    "style": {1: ["outlined", "hollow"], 0: ["filled", "solid"]},
+    "h": {1: ["on the left", "on the left side", "in the left half"],
+          0: ["on the right", "on the right side", "in the right half"]},
+    "v": {1: ["at the top", "in the upper half", "near the top"],
+          0: ["at the bottom", "in the lower half", "near the bottom"]},
+    "bg": {1: ["on a dark background", "over a dark background", "against a black background"],
+           0: ["on a light background", "over a white background", "against a bright background"]},
+}
+HELDOUT_WORDS = {
+    "shape": {"circle": ["circle", "round blob"], "square": ["square", "tile"],
+              "triangle": ["triangle", "three-cornered figure"], None: ["figure", "thing"]},
+    "color": {"red": ["red", "scarlet"], "green": ["green", "grass-green"], "blue": ["blue", "cobalt"],
+              "yellow": ["yellow", "lemon"], "purple": ["purple", "plum"]},
+    "size": {1: ["huge", "sizeable"], 0: ["tiny", "compact"]},
+    "style": {1: ["unfilled", "outline-only"], 0: ["filled-in", "opaque"]},
+    "h": {1: ["toward the left", "left of centre"], 0: ["toward the right", "right of centre"]},
+    "v": {1: ["up high", "above the middle"], 0: ["down low", "below the middle"]},
+    "bg": {1: ["with a night-dark backdrop", "before a deep black backdrop"],
+           0: ["with a pale backdrop", "before a bright white backdrop"]},
+}
+
+_SINGLE = {"size": "size_large", "style": "style_outline", "h": "pos_left", "v": "pos_top", "bg": "bg_dark"}
+_GROUP_ORDER = ["shape", "color", "size", "style", "h", "v", "bg"]
+
+
+def _as_dict(attributes) -> dict[str, int]:
+    """Accept a 13-vector in ATTRIBUTES order or a full name -> 0/1 dict; check the one-hot groups."""
+    if isinstance(attributes, dict):
+        values = {name: int(attributes[name]) for name in ATTRIBUTES}
+    else:
+        vec = np.asarray(attributes).reshape(-1)
+        if vec.shape[0] != len(ATTRIBUTES):
+            raise ValueError(f"expected {len(ATTRIBUTES)} attributes, got {vec.shape[0]}")
+        values = {name: int(round(float(v))) for name, v in zip(ATTRIBUTES, vec)}
+    for group, names in GROUPS.items():
+        if sum(values[n] for n in names) != 1:
+            raise ValueError(f"exactly one {group} attribute must be 1, got {[n for n in names if values[n]]}")
+    return values
+
+
+def make_caption(attributes, rng: np.random.Generator, split: str = "train",
+                 partial_prob: float = 0.3) -> tuple[str, dict[str, int]]:
+    """Describe `attributes` in one sentence; return (text, the attributes the text determines).
+
+    split: "train" (TRAIN_TEMPLATES/WORDS) or "heldout" (HELDOUT_TEMPLATES/WORDS).
+    With probability `partial_prob` each group is kept only with probability 1/2 (at least one
+    group stays); otherwise every group is mentioned.
+    """
+    if split not in ("train", "heldout"):
+        raise ValueError(f"caption split must be 'train' or 'heldout', got {split!r}")
+    templates, words = (TRAIN_TEMPLATES, TRAIN_WORDS) if split == "train" else (HELDOUT_TEMPLATES, HELDOUT_WORDS)
+    values = _as_dict(attributes)
+    shape = next(s for s in SHAPES if values[f"shape_{s}"])
+    color = next(c for c in COLORS if values[f"color_{c}"])
+
+    keep = dict.fromkeys(_GROUP_ORDER, True)
+    if rng.random() < partial_prob:
+        flags = rng.random(len(_GROUP_ORDER)) < 0.5
+        if not flags.any():
+            flags[rng.integers(len(_GROUP_ORDER))] = True
+        keep = dict(zip(_GROUP_ORDER, flags.tolist()))
+
+    def pick(group, value):
+        options = words[group][value]
+        return options[rng.integers(len(options))]
+
+    mentioned: dict[str, int] = {}
+    adjectives = []
+    for group in ("size", "style"):
+        if keep[group]:
+            value = values[_SINGLE[group]]
+            adjectives.append(pick(group, value))
+            mentioned[_SINGLE[group]] = value
+    if keep["color"]:
+        adjectives.append(pick("color", color))
+        mentioned.update({n: values[n] for n in GROUPS["color"]})
+    noun = pick("shape", shape if keep["shape"] else None)
+    if keep["shape"]:
+        mentioned.update({n: values[n] for n in GROUPS["shape"]})
+    phrase = " ".join(adjectives + [noun])
+    article = "an" if phrase[0] in "aeiou" else "a"
+
+    places = []
+    for group in ("h", "v"):
+        if keep[group]:
+            value = values[_SINGLE[group]]
+            places.append(pick(group, value))
+            mentioned[_SINGLE[group]] = value
+    if len(places) == 2 and rng.random() < 0.5:
+        places.reverse()
+    where = "".join(" " + p for p in places)
+    bg = ""
+    if keep["bg"]:
+        bg = " " + pick("bg", values["bg_dark"])
+        mentioned["bg_dark"] = values["bg_dark"]
+
+    template = templates[rng.integers(len(templates))]
+    text = template.format(np=f"{article} {phrase}", where=where, bg=bg)
+    return text, {name: mentioned[name] for name in ATTRIBUTES if name in mentioned}
+
+
+def load_captions_jsonl(path) -> list[tuple[str, dict[str, int]]]:
+    """Read lines `{"text": "...", "attributes": {"color_red": 1, ...}}` (attributes optional).
+
+    Blank lines are skipped; any other malformed line raises UserError naming file and line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"caption file not found: {path} (expected JSON lines with a \"text\" field)")
+    out = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{where}: not valid JSON ({e.msg})") from None
+        if not isinstance(row, dict) or "text" not in row:
+            raise UserError(f"{where}: missing \"text\" field (expected {{\"text\": ..., \"attributes\": {{...}}}})")
+        text = row["text"]
+        if not isinstance(text, str) or not text.strip():
+            raise UserError(f"{where}: \"text\" must be a non-empty string")
+        attrs = row.get("attributes", {})
+        if not isinstance(attrs, dict):
+            raise UserError(f"{where}: \"attributes\" must be an object mapping attribute names to 0/1")
+        for name, value in attrs.items():
+            if name not in ATTRIBUTES:
+                raise UserError(f"{where}: unknown attribute {name!r}; valid names: {', '.join(ATTRIBUTES)}")
+            if isinstance(value, bool) or value not in (0, 1):
+                raise UserError(f"{where}: attribute {name!r} must be 0 or 1, got {value!r}")
+        out.append((text.strip(), {name: int(v) for name, v in attrs.items()}))
+    return out
