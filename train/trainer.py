@@ -21,8 +21,17 @@ import torch.distributed as dist
 import torch.nn as nn
 from tqdm import tqdm
 
-from train.common import (MetricsLog, UserError, atomic_write_json, load_tensors, pack_rng_state,
-                          progress_interval, read_json, save_tensors, unpack_rng_state)
+from train.common import (
+    MetricsLog,
+    UserError,
+    atomic_write_json,
+    load_tensors,
+    pack_rng_state,
+    progress_interval,
+    read_json,
+    save_tensors,
+    unpack_rng_state,
+)
 from train.flow import ConditionalINN, FlowConfig, MLPConfig, MLPTranslator
 
 
@@ -77,7 +86,8 @@ def load_translator(run_dir: str | Path) -> tuple[nn.Module, dict]:
     config = read_json(run_dir / "config.json")
     model = build_model(config["kind"], config["model"])
     tensors = load_tensors(run_dir / "checkpoint.safetensors")
-    state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    prefix = "best." if any(k.startswith("best.") for k in tensors) else "model."   # best validation weights
+    state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise UserError(f"checkpoint in {run_dir} does not match its config (missing {missing[:3]}, "
@@ -149,7 +159,7 @@ def train(kind: str, model_cfg: dict, cfg: TrainConfig, source: PairSource, out_
     model = build_model(kind, model_cfg).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
-    start = 0
+    start, best_val, best_state = 0, math.inf, None
     if resume:
         tensors = load_tensors(ckpt)
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
@@ -157,6 +167,8 @@ def train(kind: str, model_cfg: dict, cfg: TrainConfig, source: PairSource, out_
         gen.set_state(tensors["rng.batch"])
         unpack_rng_state(tensors)
         start = int(tensors["trainer.step"].item())
+        best_val = float(tensors["trainer.best_val"].item()) if "trainer.best_val" in tensors else math.inf
+        best_state = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")} or None
     else:
         model.set_standardization(*source.statistics())
         if kind == "cinn":          # ActNorm data-dependent init, before DDP broadcasts rank 0's weights
@@ -176,6 +188,9 @@ def train(kind: str, model_cfg: dict, cfg: TrainConfig, source: PairSource, out_
         tensors.update(pack_rng_state())
         tensors["rng.batch"] = gen.get_state()
         tensors["trainer.step"] = torch.tensor([step])
+        if best_state is not None:
+            tensors["trainer.best_val"] = torch.tensor([best_val])
+        tensors.update({f"best.{k}": v for k, v in (best_state or {}).items()})
         save_tensors(ckpt, tensors)
 
     val_c, val_z = source.validation()
@@ -204,6 +219,9 @@ def train(kind: str, model_cfg: dict, cfg: TrainConfig, source: PairSource, out_
         if is_main and (done % cfg.val_every == 0 or done == cfg.steps):
             model.eval()
             val_loss = evaluate_nll(model, val_c.to(device), val_z.to(device))
+            if val_loss < best_val:         # model selection on the held-out split (early stopping)
+                best_val = val_loss
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             model.train()
             rate = seen / (time.perf_counter() - t0)
             log.write(step=done, train_loss=f"{loss.item() / (z.shape[1] if kind == 'cinn' else 1):.5f}",
@@ -215,7 +233,9 @@ def train(kind: str, model_cfg: dict, cfg: TrainConfig, source: PairSource, out_
         elapsed = time.perf_counter() - t0
         unit = "nats/dim" if kind == "cinn" else "mse"
         print(f"done: {cfg.steps - start} steps in {elapsed:.1f}s ({seen / max(elapsed, 1e-9):.0f} samples/s), "
-              f"val {unit} {val_loss:.4f}; checkpoint {ckpt}")
+              f"last val {unit} {val_loss:.4f}, best {best_val:.4f} (kept as the run's weights); checkpoint {ckpt}")
     if world > 1:
         dist.barrier()
+    if best_state is not None:
+        model.load_state_dict(best_state)
     return model.eval()
