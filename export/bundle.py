@@ -1,0 +1,258 @@
+"""Everything about a bundle that needs no torch, shared by `export.onnx` and `export.trt` (whose
+`--bundle` path runs on machines without a training stack):
+
+  manifest writing   stage entries read from the ONNX graphs themselves, SHA-256 of every file,
+                     validation against the runtime's schema, atomic writes;
+  int8 flow graphs   quantize_dynamic on each direction (MatMul weights int8, activations quantized
+                     per batch at run time), identical int8 weights in both directions verified;
+  fp16 graphs        `to_fp16`, an allow-list converter (fp32 I/O, fp16 inside where it is safe).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from runtime.manifest import MANIFEST, l2_rel, nll_per_dim, read_manifest, sha256_file, stage_name, validate_manifest
+
+
+class ExportError(Exception):
+    """A bundle cannot be written as asked; the CLIs print it as one line and exit with code 2."""
+
+
+DTYPES = {TensorProto.FLOAT: "float32", TensorProto.FLOAT16: "float16", TensorProto.INT64: "int64",
+          TensorProto.INT32: "int32", TensorProto.UINT8: "uint8", TensorProto.INT8: "int8",
+          TensorProto.BOOL: "bool"}
+
+
+def _tensor_spec(value: onnx.ValueInfoProto) -> dict:
+    t = value.type.tensor_type
+    shape = [d.dim_param if d.dim_param else d.dim_value for d in t.shape.dim]
+    return {"name": value.name, "shape": shape, "dtype": DTYPES[t.elem_type]}
+
+
+def stage_entry(bundle_dir: str | Path, file: str, role: str, precision: str) -> dict:
+    """A manifest stage entry; I/O names, shapes and dtypes (and the exporter used) come from the graph."""
+    model = onnx.load(str(Path(bundle_dir) / file), load_external_data=False)
+    entry = {"file": file, "role": role, "precision": precision,
+             "inputs": [_tensor_spec(v) for v in model.graph.input],
+             "outputs": [_tensor_spec(v) for v in model.graph.output], "sha256": sha256_file(Path(bundle_dir) / file)}
+    entry.update({p.key: p.value for p in model.metadata_props if p.key == "exporter"})
+    return entry
+
+
+def hash_tree(bundle_dir: str | Path, files: list[str]) -> dict[str, str]:
+    return {f: sha256_file(Path(bundle_dir) / f) for f in sorted(files)}
+
+
+def rehash(bundle_dir: str | Path, manifest: dict) -> dict:
+    """Recompute every SHA-256 the manifest records from the files on disk."""
+    for entry in manifest["stages"].values():
+        entry["sha256"] = sha256_file(Path(bundle_dir) / entry["file"])
+    for section in ("tokenizer", "validation"):
+        if section in manifest:
+            manifest[section]["files"] = hash_tree(bundle_dir, list(manifest[section]["files"]))
+    for plan in manifest.get("tensorrt", {}).get("plans", {}).values():
+        plan["sha256"] = sha256_file(Path(bundle_dir) / plan["file"])
+    return manifest
+
+
+def write_manifest(bundle_dir: str | Path, manifest: dict) -> dict:
+    """Rehash, validate against the runtime's schema, and write manifest.json atomically."""
+    manifest = rehash(bundle_dir, manifest)
+    validate_manifest(manifest)
+    path = Path(bundle_dir) / MANIFEST
+    fd, tmp = tempfile.mkstemp(dir=bundle_dir, prefix=".manifest.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(manifest, f, indent=2, sort_keys=True)
+            f.write("\n")
+        os.chmod(tmp, 0o644)                      # mkstemp makes it private
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return manifest
+
+
+def session(path: Path, threads: int = 1):
+    """A CPU onnxruntime session as the export checks use it (imported lazily: not needed on Jetson)."""
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def gemm_to_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Gemm(x, W, b) with constant W -> MatMul(x, Wᵀ) + Add(b), the form quantize_dynamic handles."""
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    nodes = []
+    for n in g.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+        if n.op_type != "Gemm" or n.input[1] not in inits or attrs.get("transA", 0) or \
+                attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0:
+            nodes.append(n)
+            continue
+        w = numpy_helper.to_array(inits[n.input[1]])
+        w_name = n.input[1] + "_kn"
+        w = w.T if attrs.get("transB", 0) else w
+        g.initializer.append(numpy_helper.from_array(np.ascontiguousarray(w), w_name))
+        nodes.append(helper.make_node("MatMul", [n.input[0], w_name], [n.output[0] + "_mm"], name=n.name + "_matmul"))
+        nodes.append(helper.make_node("Add", [n.output[0] + "_mm", n.input[2]], [n.output[0]], name=n.name + "_bias")
+                     if len(n.input) > 2 else helper.make_node("Identity", [n.output[0] + "_mm"], [n.output[0]]))
+    del g.node[:]
+    g.node.extend(nodes)
+    used = {i for n in g.node for i in n.input}
+    kept = [i for i in g.initializer if i.name in used]
+    del g.initializer[:]
+    g.initializer.extend(kept)
+    return model
+
+
+def quantize_int8(src: Path, dst: Path) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    with tempfile.TemporaryDirectory() as tmp:
+        mm = Path(tmp) / "matmul.onnx"
+        onnx.save(gemm_to_matmul(onnx.load(str(src))), str(mm))
+        logging.disable(logging.WARNING)          # quantize_dynamic's "consider pre-processing" notice
+        try:
+            quantize_dynamic(str(mm), str(dst), op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8)
+        finally:
+            logging.disable(logging.NOTSET)
+    onnx.checker.check_model(onnx.load(str(dst)), full_check=True)
+
+
+def quantized_weights(path: Path) -> dict[str, np.ndarray]:
+    """The int8 weights, scales and zero points quantize_dynamic wrote, by name."""
+    inits = {i.name: i for i in onnx.load(str(path)).graph.initializer}
+    bases = [name[:-len("_quantized")] for name in inits if name.endswith("_quantized")]
+    names = [f"{b}{s}" for b in bases for s in ("_quantized", "_scale", "_zero_point")]
+    return {name: numpy_helper.to_array(inits[name]) for name in names}
+
+
+def _latency(sess, feed: dict, reps: int = 200) -> float:
+    for _ in range(20):
+        sess.run(None, feed)
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        sess.run(None, feed)
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def add_int8(bundle: Path, cond: np.ndarray, z: np.ndarray) -> dict:
+    """Write the int8 flow pair, verify identical quantized weights, and measure what int8 costs."""
+    for role in ("flow_forward", "flow_inverse"):
+        quantize_int8(bundle / f"{role}.onnx", bundle / f"{role}.int8.onnx")
+    w_fwd = quantized_weights(bundle / "flow_forward.int8.onnx")
+    w_inv = quantized_weights(bundle / "flow_inverse.int8.onnx")
+    if w_fwd.keys() != w_inv.keys() or any(not np.array_equal(w_fwd[k], w_inv[k]) for k in w_fwd):
+        raise ExportError("int8: the two flow directions ended up with different quantized weights; not writing")
+    s = {f"{r}{p}": session(bundle / f"{r}{p}.onnx") for r in ("flow_forward", "flow_inverse") for p in ("", ".int8")}
+    v32, ld32 = s["flow_inverse"].run(None, {"z": z, "cond": cond})
+    v8, ld8 = s["flow_inverse.int8"].run(None, {"z": z, "cond": cond})
+    z8 = s["flow_forward.int8"].run(None, {"v": v8, "cond": cond})[0]
+    single = np.concatenate([s["flow_inverse.int8"].run(None, {"z": z[i:i + 1], "cond": cond[i:i + 1]})[0]
+                             for i in range(min(16, len(z)))])
+    one = {"z": z[:1], "cond": cond[:1]}
+    t32 = _latency(s["flow_inverse"], one) + _latency(s["flow_forward"], {"v": v32[:1], "cond": cond[:1]})
+    t8 = _latency(s["flow_inverse.int8"], one) + _latency(s["flow_forward.int8"], {"v": v8[:1], "cond": cond[:1]})
+    return {"identical_weights": True, "quantized_tensors": len(w_fwd), "roundtrip_rel": l2_rel(z8, z),
+            "nll_fp32": float(nll_per_dim(v32, ld32).mean()), "nll_int8": float(nll_per_dim(v8, ld8).mean()),
+            "nll_drift_nats_per_dim": float(nll_per_dim(v8, ld8).mean() - nll_per_dim(v32, ld32).mean()),
+            "v_batch_dependence_max_abs": float(np.abs(single - v8[:len(single)]).max()),
+            "latency_batch1_ms": {"fp32": t32 * 1e3, "int8": t8 * 1e3}, "speedup_batch1": t32 / t8}
+
+
+FP16 = TensorProto.FLOAT16
+# Ops that run in fp16. Flow graphs: only the subnetworks' linear layers and activations; the scales, exp,
+# coupling arithmetic and log-det stay fp32. Experts: ops whose float inputs and outputs share one type
+# and that are safe in fp16; normalisations, reductions, Div/Pow/Sqrt, exp/log, softmax stay fp32.
+FP16_FLOW_OPS = frozenset({"Gemm", "MatMul", "LeakyRelu"})
+FP16_EXPERT_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Sub", "Mul", "Relu", "LeakyRelu",
+                             "Tanh", "Sigmoid", "Erf", "Gelu", "BatchNormalization", "MaxPool", "AveragePool",
+                             "DepthToSpace", "SpaceToDepth", "Transpose", "Reshape", "Flatten", "Squeeze",
+                             "Unsqueeze", "Concat", "Slice", "Split", "Gather", "Identity", "Where", "Expand"})
+
+
+def to_fp16(model: onnx.ModelProto, fp16_ops: frozenset[str]) -> onnx.ModelProto:
+    """Run the nodes whose op is in `fp16_ops` in fp16, everything else in fp32; graph inputs and
+    outputs keep their types. Constants and weights feeding fp16 nodes are stored in fp16 (clipped to
+    ±65504, so e.g. an attention mask's "-inf" stays finite); a Cast is inserted wherever a tensor
+    crosses between the two regions, one per tensor and direction."""
+    model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    g = model.graph
+    floats = {v.name for v in (*g.input, *g.output, *g.value_info) if v.type.tensor_type.elem_type == TensorProto.FLOAT}
+    static = {i.name: numpy_helper.to_array(i) for i in g.initializer if i.data_type == TensorProto.FLOAT}
+    static.update({n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in g.node
+                   if n.op_type == "Constant" and n.attribute[0].name == "value"
+                   and n.attribute[0].t.data_type == TensorProto.FLOAT})
+    floats |= set(static)
+    outputs, renamed = {o.name for o in g.output}, {}
+    for n in g.node:                               # fp16 producers of graph outputs write to a temporary
+        if n.op_type in fp16_ops:
+            for i, o in enumerate(n.output):
+                if o in outputs:
+                    renamed[o] = n.output[i] = f"{o}::fp16"
+    floats |= set(renamed.values())
+    nodes, half, made = [], set(renamed.values()), {}
+
+    def cast(name: str, to: int) -> str:
+        if (name, to) not in made:
+            made[name, to] = f"{name}::{'fp16' if to == FP16 else 'fp32'}"
+            if to == FP16 and name in static:
+                value = np.clip(static[name], -65504, 65504).astype(np.float16)
+                g.initializer.append(numpy_helper.from_array(value, made[name, to]))
+            else:
+                nodes.append(helper.make_node("Cast", [name], [made[name, to]], to=to))
+        return made[name, to]
+
+    for n in g.node:
+        fp16 = n.op_type in fp16_ops
+        for i, x in enumerate(n.input):
+            x = n.input[i] = renamed.get(x, x)
+            if fp16 and x in floats and x not in half:
+                n.input[i] = cast(x, FP16)
+            elif not fp16 and x in half:
+                n.input[i] = cast(x, TensorProto.FLOAT)
+        nodes.append(n)
+        if fp16:
+            half.update(o for o in n.output if o in floats)
+    nodes += [helper.make_node("Cast", [tmp], [name], to=TensorProto.FLOAT) for name, tmp in renamed.items()]
+    used = {x for n in nodes for x in n.input} | outputs
+    nodes = [n for n in nodes if n.op_type != "Constant" or n.output[0] in used]
+    used = {x for n in nodes for x in n.input}
+    kept = [i for i in g.initializer if i.name in used]
+    del g.node[:], g.initializer[:], g.value_info[:]
+    g.node.extend(nodes)
+    g.initializer.extend(kept)
+    return model
+
+
+def fp16_variant(src: Path, dst: Path, flow: bool) -> None:
+    """Write the fp16 graph of one stage (I/O stay fp32) and check it."""
+    model = to_fp16(onnx.load(str(src)), FP16_FLOW_OPS if flow else FP16_EXPERT_OPS)
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(dst))
+
+
+def add_fp16_stages(bundle: Path) -> dict:
+    """STAGE.fp16.onnx for every fp32 stage, registered in the manifest; returns the manifest."""
+    manifest = read_manifest(bundle)
+    for name, st in list(manifest["stages"].items()):
+        if st["precision"] == "fp32":
+            file = f"{name}.fp16.onnx"
+            fp16_variant(bundle / st["file"], bundle / file, flow=st["role"].startswith("flow_"))
+            manifest["stages"][stage_name(st["role"], "fp16")] = stage_entry(bundle, file, st["role"], "fp16")
+    return write_manifest(bundle, manifest)

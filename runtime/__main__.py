@@ -1,0 +1,213 @@
+"""The runtime's command line, a thin skin over `runtime.Pipeline`.
+
+    python -m runtime translate BUNDLE "a small red circle" --num-samples 4 --seed 0 --out out.png
+    python -m runtime translate BUNDLE --source-json '[{"color_red": 1, "shape_circle": 1, ...}]' --out out.png
+    python -m runtime edit BUNDLE --image in.png --attributes-json attrs.json --set color_blue=1 \\
+        --set color_red=0 --out edited.png
+    python -m runtime check BUNDLE [--json]
+    python -m runtime info BUNDLE [--json]
+
+translate writes a grid PNG (one row per source, one column per sample) when the bundle decodes
+images, else the latents as .npy (or JSON on stdout without --out). --source-json takes JSON text or
+a file: a list of vectors, or for bundles whose manifest has `attribute_names` a list of
+{name: value} objects naming every attribute. edit needs an attribute bundle with a target encoder;
+the input image's own attributes must be given with --attributes-json (the runtime has no
+attribute classifier); --set changes some of them. check exits 1 when a tolerance is missed.
+Errors: one line on stderr, exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from runtime.manifest import PipelineError, read_manifest
+from runtime.pipeline import BACKENDS, Pipeline
+
+
+class CliError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):                 # one line, not argparse's usage block
+        raise CliError(message)
+
+
+def _json_arg(value: str):
+    text = Path(value).read_text() if Path(value).is_file() else value
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise CliError(f"not valid JSON (nor a file): {e}") from None
+
+
+def _vector(item, names: list[str] | None, what: str) -> list[float]:
+    if not isinstance(item, dict):
+        return item
+    if names is None:
+        raise CliError(f"{what}: this bundle has no attribute_names; give plain vectors")
+    unknown, missing = sorted(set(item) - set(names)), [n for n in names if n not in item]
+    if unknown or missing:
+        raise CliError(f"{what}: unknown attributes {unknown}, missing {missing} (attributes: {', '.join(names)})")
+    return [float(item[n]) for n in names]
+
+
+def _load_image(path: str) -> np.ndarray:
+    from PIL import Image
+    with Image.open(path) as im:
+        return np.asarray(im)
+
+
+def _save_grid(images: np.ndarray, rows: int, path: str) -> None:
+    from PIL import Image
+    n, h, w, c = images.shape
+    grid = images.reshape(rows, n // rows, h, w, c).transpose(0, 2, 1, 3, 4).reshape(rows * h, n // rows * w, c)
+    Image.fromarray(grid.squeeze(-1) if c == 1 else grid).save(path)
+
+
+def _open(args) -> Pipeline:
+    return Pipeline.load(args.bundle, backend=args.backend, device=args.device, precision=args.precision,
+                         threads=args.threads)
+
+
+def cmd_translate(args) -> int:
+    p = _open(args)
+    if p.source_kind == "text":
+        source = args.texts or (_json_arg(args.source_json) if args.source_json else None)
+        if not source:
+            raise CliError("give the text(s) to translate, e.g. translate BUNDLE \"a small red circle\"")
+    elif p.source_kind == "image":
+        if not args.image:
+            raise CliError("this bundle translates images: give --image FILE (repeatable)")
+        source = np.stack([_load_image(f) for f in args.image])
+    else:
+        if args.texts or not args.source_json:
+            raise CliError("this bundle takes condition vectors: give --source-json (a JSON list, or a file)")
+        items = _json_arg(args.source_json)
+        source = [_vector(it, p.attribute_names, "--source-json") for it in (items if isinstance(items, list) else [])]
+    out = p.translate(source, num_samples=args.num_samples, seed=args.seed, temperature=args.temperature)
+    if p.has_decoder:
+        if not args.out:
+            raise CliError("this bundle makes images: give --out FILE.png")
+        _save_grid(out, len(out) // args.num_samples, args.out)
+    elif args.out:
+        np.save(args.out, out, allow_pickle=False)
+    else:
+        print(json.dumps(out.tolist()))
+    if args.out:
+        print(f"wrote {args.out} ({len(out)} outputs)")
+    return 0
+
+
+def cmd_edit(args) -> int:
+    p = _open(args)
+    if not p.attribute_names:
+        raise CliError("edit needs an attribute bundle (its manifest lists attribute_names)")
+    if not args.attributes_json:
+        raise CliError("give the input image's attributes with --attributes-json (JSON object or file)")
+    source = np.asarray([_vector(_json_arg(args.attributes_json), p.attribute_names, "--attributes-json")],
+                        dtype=np.float32)
+    new = source.copy()
+    for item in args.set:
+        name, _, value = item.partition("=")
+        if name not in p.attribute_names:
+            raise CliError(f"--set {item}: unknown attribute '{name}' (attributes: {', '.join(p.attribute_names)})")
+        try:
+            new[0, p.attribute_names.index(name)] = float(value)
+        except ValueError:
+            raise CliError(f"--set {item}: value must be a number") from None
+    edited = p.transfer(_load_image(args.image)[None], source, new)
+    _save_grid(edited, 1, args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_check(args) -> int:
+    report = _open(args).check(repeats=args.repeats)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0 if report["ok"] else 1
+    print(f"{report['bundle']}: {report['backend']} ({', '.join(report['providers'])}), "
+          f"{report['files_verified']} files verified")
+    for role, err in report["parity_max_rel"].items():
+        print(f"  {role:15s} parity vs PyTorch {err:.2e}   batch-1 latency {report['latency_batch1_ms'][role]:.2f} ms")
+    if "tokenizer_match" in report:
+        print(f"  tokenizer ids match export: {report['tokenizer_match']}")
+    print(f"  flow round trip {report['roundtrip_rel']:.2e}; NLL {report['nll_nats_per_dim']:.4f} nats/dim "
+          f"(PyTorch {report['nll_pytorch']:.4f}) on {report['validation_pairs']} pairs")
+    print(f"  translate end to end, batch 1: {report['latency_batch1_ms']['translate_end_to_end']:.2f} ms")
+    print("OK" if report["ok"] else "FAILED: " + "; ".join(report["failures"]))
+    return 0 if report["ok"] else 1
+
+
+def cmd_info(args) -> int:
+    m = read_manifest(args.bundle)
+    if args.json:
+        print(json.dumps(m, indent=2))
+        return 0
+    print(f"task {m['task']} (schema {m['schema_version']}): source {m['source_kind']} {m['cond_shape']} -> "
+          f"latent {m['latent_dim']}")
+    for name, st in sorted(m["stages"].items()):
+        io = ", ".join(f"{t['name']}{t['shape']}:{t['dtype']}" for t in st["inputs"])
+        out = ", ".join(f"{t['name']}{t['shape']}" for t in st["outputs"])
+        print(f"  {name:24s} {st['file']:26s} ({io}) -> ({out})")
+    for key in ("image", "tokenizer", "attribute_names", "split", "exporter", "tensorrt"):
+        if key in m:
+            value = {k: v for k, v in m[key].items() if k not in ("files", "plans")} if isinstance(m[key], dict) \
+                else m[key]
+            print(f"  {key}: {json.dumps(value)}")
+    print(f"  validation: {m['validation']['count']} pairs, {m['validation'].get('origin', '?')}")
+    for w in m.get("warnings", []):
+        print(f"  warning: {w}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = _Parser(prog="python -m runtime", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    cmds = {name: sub.add_parser(name) for name in ("translate", "edit", "check", "info")}
+    for name, p in cmds.items():
+        p.add_argument("bundle")
+        if name != "info":
+            p.add_argument("--backend", default="auto", choices=BACKENDS)
+            p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])
+            p.add_argument("--device", type=int, default=0)
+            p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads")
+    t = cmds["translate"]
+    t.add_argument("texts", nargs="*", help="source texts (text bundles)")
+    t.add_argument("--source-json", help="conditions: JSON list (or file) of vectors / {attribute: value}")
+    t.add_argument("--image", action="append", help="source image file (image-source bundles), repeatable")
+    t.add_argument("--num-samples", type=int, default=1)
+    t.add_argument("--seed", type=int)
+    t.add_argument("--temperature", type=float, default=1.0)
+    t.add_argument("--out", help="grid .png (image bundles) or .npy (latents)")
+    e = cmds["edit"]
+    e.add_argument("--image", required=True)
+    e.add_argument("--attributes-json", help="the input image's attributes: JSON object (or file)")
+    e.add_argument("--set", action="append", default=[], metavar="NAME=VALUE")
+    e.add_argument("--out", required=True)
+    cmds["check"].add_argument("--json", action="store_true")
+    cmds["check"].add_argument("--repeats", type=int, default=20, help="timed runs per latency")
+    cmds["info"].add_argument("--json", action="store_true")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    commands = {"translate": cmd_translate, "edit": cmd_edit, "check": cmd_check, "info": cmd_info}
+    with warnings.catch_warnings():
+        warnings.showwarning = lambda msg, *a, **k: print(f"warning: {msg}", file=sys.stderr)
+        try:
+            args = build_parser().parse_args(argv)
+            return commands[args.command](args)
+        except (CliError, PipelineError, OSError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,283 @@
+"""Execution backends behind one small interface: onnxruntime (any execution provider) and TensorRT.
+
+    backend.run(role, feeds, host=True) -> {output name: array}
+        `feeds` maps input names to numpy arrays, or to device values a previous `run(..., host=False)`
+        returned, so chained stages keep their intermediates on the device.
+    backend.max_batch    the largest batch one call takes (None: no limit); the Pipeline splits.
+    backend.exclusive()  held around a chain of calls that pass device values.
+
+Thread safety: onnxruntime sessions take concurrent `run` calls and every call binds its own
+IOBinding, so `exclusive()` is a no-op there. The TensorRT backend has one execution context, one
+stream and one set of preallocated buffers per stage, so `exclusive()` is a re-entrant lock held for
+a whole chain and every `run` takes it too: threads queue, results stay correct.
+
+Imports here are lazy (onnxruntime, tensorrt, cuda-python / pycuda), so `export.trt --bundle` can use
+`open_cuda` on a machine without onnxruntime.
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from runtime.manifest import PipelineError
+
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+
+
+class OrtBackend:
+    """One onnxruntime InferenceSession per stage, best execution provider first (TensorRT EP, CUDA EP,
+    CPU) unless `providers` is given. Sessions: graph optimisation ORT_ENABLE_ALL, sequential execution,
+    `threads` intra-op threads (default 1: batch-1 latency is what matters, and on a shared 2-core
+    machine one thread was 4x faster end to end than two; raise it for big batches on idle cores)."""
+
+    name = "onnxruntime"
+    max_batch = None
+
+    def __init__(self, bundle_dir: str | Path, stages: dict[str, dict], providers=None, device: int = 0,
+                 threads: int = 1):
+        import onnxruntime as ort
+        self._ort = ort
+        available = ort.get_available_providers()
+        if providers is None:
+            providers = [p for p in (*GPU_PROVIDERS, "CPUExecutionProvider") if p in available]
+        missing = [p for p in providers if (p if isinstance(p, str) else p[0]) not in available]
+        if missing:
+            raise PipelineError(f"onnxruntime execution provider(s) {missing} not available here; "
+                                f"available: {available}")
+        providers = [(p, {"device_id": device}) if p in GPU_PROVIDERS else p for p in providers]
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.inter_op_num_threads = 1
+        so.intra_op_num_threads = threads
+        so.log_severity_level = 3
+        self.sessions = {role: ort.InferenceSession(str(Path(bundle_dir) / st["file"]), so, providers=providers)
+                         for role, st in stages.items()}
+        self.providers = next(iter(self.sessions.values())).get_providers()
+        self._device = ("cuda", device) if self.providers[0] in GPU_PROVIDERS else ("cpu", 0)
+        self._outputs = {role: [o.name for o in s.get_outputs()] for role, s in self.sessions.items()}
+
+    def exclusive(self):
+        return contextlib.nullcontext()
+
+    def run(self, role: str, feeds: dict, host: bool = True) -> dict:
+        sess = self.sessions[role]
+        binding = sess.io_binding()
+        for name, value in feeds.items():
+            if isinstance(value, self._ort.OrtValue):
+                binding.bind_ortvalue_input(name, value)
+            else:
+                binding.bind_cpu_input(name, np.ascontiguousarray(value))
+        for name in self._outputs[role]:
+            binding.bind_output(name, *self._device)
+        sess.run_with_iobinding(binding)
+        values = binding.copy_outputs_to_cpu() if host else binding.get_outputs()
+        return dict(zip(self._outputs[role], values))
+
+
+class _CudaPython:
+    """The few CUDA runtime calls the TensorRT backend needs, through cuda-python."""
+
+    def __init__(self, rt, device: int):
+        self.rt, self.device = rt, device
+        self._check(rt.cudaSetDevice(device))
+        prop = self._check(rt.cudaGetDeviceProperties(device))
+        name = prop.name
+        self.name = (name.decode(errors="replace") if isinstance(name, bytes) else str(name)).split("\x00")[0]
+        self.compute_capability = f"{prop.major}.{prop.minor}"
+        self._stream = self._check(rt.cudaStreamCreate())
+        self.stream = int(self._stream)
+
+    def _check(self, result):
+        err, *rest = result if isinstance(result, tuple) else (result,)
+        if err != self.rt.cudaError_t.cudaSuccess:
+            raise PipelineError(f"CUDA error: {err}")
+        return rest[0] if len(rest) == 1 else None
+
+    @contextlib.contextmanager
+    def activate(self):
+        self._check(self.rt.cudaSetDevice(self.device))    # the current device is per host thread
+        yield
+
+    def malloc(self, nbytes: int) -> int:
+        return int(self._check(self.rt.cudaMalloc(max(nbytes, 1))))
+
+    def h2d(self, ptr: int, arr: np.ndarray) -> None:
+        kind = self.rt.cudaMemcpyKind.cudaMemcpyHostToDevice
+        self._check(self.rt.cudaMemcpyAsync(ptr, arr.ctypes.data, arr.nbytes, kind, self._stream))
+
+    def d2h(self, arr: np.ndarray, ptr: int) -> None:
+        kind = self.rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        self._check(self.rt.cudaMemcpyAsync(arr.ctypes.data, ptr, arr.nbytes, kind, self._stream))
+
+    def sync(self) -> None:
+        self._check(self.rt.cudaStreamSynchronize(self._stream))
+
+
+class _PyCuda:
+    """The same calls through pycuda (primary context, pushed around every use)."""
+
+    def __init__(self, drv, device: int):
+        self.drv = drv
+        drv.init()
+        dev = drv.Device(device)
+        self.name, cc = dev.name(), dev.compute_capability()
+        self.compute_capability = f"{cc[0]}.{cc[1]}"
+        self._ctx = dev.retain_primary_context()
+        self._allocations = []                 # pycuda frees memory when its object dies
+        with self.activate():
+            self._stream = drv.Stream()
+        self.stream = self._stream.handle
+
+    @contextlib.contextmanager
+    def activate(self):
+        self._ctx.push()
+        try:
+            yield
+        finally:
+            self.drv.Context.pop()
+
+    def malloc(self, nbytes: int) -> int:
+        self._allocations.append(self.drv.mem_alloc(max(nbytes, 1)))
+        return int(self._allocations[-1])
+
+    def h2d(self, ptr: int, arr: np.ndarray) -> None:
+        self.drv.memcpy_htod_async(ptr, arr, self._stream)
+
+    def d2h(self, arr: np.ndarray, ptr: int) -> None:
+        self.drv.memcpy_dtoh_async(arr, ptr, self._stream)
+
+    def sync(self) -> None:
+        self._stream.synchronize()
+
+
+def open_cuda(device: int = 0):
+    """CUDA through cuda-python (`cuda.bindings.runtime`, or the older `cuda.cudart`) or pycuda."""
+    try:
+        from cuda.bindings import runtime as rt
+    except ImportError:
+        try:
+            from cuda import cudart as rt
+        except ImportError:
+            rt = None
+    if rt is None:
+        try:
+            import pycuda.driver as drv
+        except ImportError:
+            raise PipelineError("TensorRT needs cuda-python or pycuda for device memory: "
+                                "pip install cuda-python") from None
+    try:
+        return _CudaPython(rt, device) if rt is not None else _PyCuda(drv, device)
+    except Exception as e:     # no driver / no device: each library raises its own error type
+        raise PipelineError(f"no usable CUDA device {device}: {e}") from None
+
+
+class DeviceTensor(NamedTuple):
+    """A stage output left on the GPU: valid until the same stage runs again (hold `exclusive()`)."""
+    ptr: int
+    shape: tuple
+    dtype: np.dtype
+    rows: int                                  # rows that are real data (the rest is batch padding)
+
+
+class _TrtStage(NamedTuple):
+    context: object
+    inputs: dict                               # name -> (dtype, min shape, device ptr)
+    outputs: dict                              # name -> (dtype, device ptr)
+
+
+class TrtBackend:
+    """Deserialized TensorRT plans (TensorRT >= 10 API: named I/O tensors, `set_input_shape`,
+    `set_tensor_address`, `execute_async_v3`), one execution context per stage, buffers preallocated
+    for the engines' max batch (and max sequence length), one CUDA stream. Batches below the
+    profile's min batch are padded by repeating the last row; the padding is cut off on the way out."""
+
+    name = "tensorrt"
+
+    def __init__(self, bundle_dir: str | Path, manifest: dict, stages: dict[str, str], device: int = 0):
+        info = manifest.get("tensorrt", {})
+        missing = [name for name in stages.values() if name not in info.get("plans", {})]
+        rebuild = f"build them on this machine with `python -m export.trt --bundle {bundle_dir}`"
+        if missing:
+            raise PipelineError(f"this bundle has no TensorRT engines for {', '.join(missing)}; {rebuild}")
+        try:
+            import tensorrt as trt
+        except ImportError:
+            raise PipelineError("backend 'tensorrt' needs the tensorrt package (TensorRT >= 10)") from None
+        self.cuda = open_cuda(device)
+        for what, built, here in (("TensorRT", info.get("version"), trt.__version__),
+                                  ("GPU compute capability", info.get("compute_capability"),
+                                   self.cuda.compute_capability)):
+            if built != here:
+                raise PipelineError(f"engines were built for {what} {built}, this machine has {here}; "
+                                    f"rebuild with `python -m export.trt --bundle {bundle_dir}`")
+        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self._stages, self._lock = {}, threading.RLock()
+        self._engines = []
+        batches = []
+        with self.cuda.activate():
+            for role, name in stages.items():
+                engine = runtime.deserialize_cuda_engine(Path(bundle_dir, info["plans"][name]["file"]).read_bytes())
+                if engine is None:
+                    raise PipelineError(f"TensorRT could not load the engine of {name}; {rebuild}")
+                self._engines.append(engine)
+                context = engine.create_execution_context()
+                names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+                inputs, outputs = {}, {}
+                for tname in names:
+                    dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(tname)))
+                    if engine.get_tensor_mode(tname) == trt.TensorIOMode.INPUT:
+                        lo, _, hi = (tuple(int(d) for d in s) for s in engine.get_tensor_profile_shape(tname, 0))
+                        context.set_input_shape(tname, hi)
+                        inputs[tname] = (dtype, lo, self.cuda.malloc(int(np.prod(hi)) * dtype.itemsize))
+                        batches.append((lo[0], hi[0]))
+                for tname in names:
+                    if engine.get_tensor_mode(tname) == trt.TensorIOMode.OUTPUT:
+                        shape = tuple(int(d) for d in context.get_tensor_shape(tname))
+                        dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(tname)))
+                        outputs[tname] = (dtype, self.cuda.malloc(int(np.prod(shape)) * dtype.itemsize))
+                self._stages[role] = _TrtStage(context, inputs, outputs)
+        self.min_batch = max(lo for lo, _ in batches)
+        self.max_batch = min(hi for _, hi in batches)
+        self.providers = [f"TensorRT {trt.__version__} on {self.cuda.name}"]
+
+    def exclusive(self):
+        return self._lock
+
+    def run(self, role: str, feeds: dict, host: bool = True) -> dict:
+        stage = self._stages[role]
+        with self._lock, self.cuda.activate():
+            rows = None
+            for name, (dtype, lo, ptr) in stage.inputs.items():
+                value = feeds[name]
+                if isinstance(value, DeviceTensor):          # a previous stage's output: use it in place
+                    rows, shape, ptr = value.rows, value.shape, value.ptr
+                else:
+                    arr = np.ascontiguousarray(value, dtype=dtype)
+                    rows = len(arr)
+                    if rows < lo[0]:
+                        arr = np.concatenate([arr, np.repeat(arr[-1:], lo[0] - rows, axis=0)])
+                    shape = arr.shape
+                    self.cuda.h2d(ptr, arr)
+                stage.context.set_input_shape(name, shape)
+                stage.context.set_tensor_address(name, ptr)
+            for name, (_, ptr) in stage.outputs.items():
+                stage.context.set_tensor_address(name, ptr)
+            if not stage.context.execute_async_v3(self.cuda.stream):
+                raise PipelineError(f"TensorRT failed to run stage {role}")
+            out = {}
+            for name, (dtype, ptr) in stage.outputs.items():
+                shape = tuple(int(d) for d in stage.context.get_tensor_shape(name))
+                if host:
+                    out[name] = np.empty(shape, dtype)
+                    self.cuda.d2h(out[name], ptr)
+                else:
+                    out[name] = DeviceTensor(ptr, shape, dtype, rows)
+            if host:
+                self.cuda.sync()
+                out = {name: arr[:rows] for name, arr in out.items()}
+            return out

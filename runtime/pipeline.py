@@ -1,0 +1,372 @@
+"""runtime.Pipeline: a bundle's stages behind numpy-in, numpy-out calls. No torch anywhere.
+
+    p = Pipeline.load("engines/text2image")                        # manifest + every file's SHA-256 checked
+    images = p.translate(["a small red circle"], num_samples=4, seed=0)       # uint8 (4, H, W, 3)
+    v = p.residual(images[:1], ["a small red circle"])             # τ⁻¹(Θ(x) | Φ(source))
+    edited = p.transfer(images[:1], ["a small red circle"], ["a small blue circle"])
+
+Sources: a list of strings (text bundles), an array (N, *cond_shape) of conditions (vector bundles:
+attributes, labels, features), or uint8 images (N, H, W, 3) (image-source bundles). Targets of
+`residual`/`transfer`: uint8 images (needs a target encoder Θ) or latents zΘ (N, D).
+
+Sampling: v = np.random.default_rng(seed).standard_normal((N*S, D), dtype=np.float32) * temperature,
+drawn once per call (row i*S + k is sample k of source i), so results do not depend on how batches
+are split; PyTorch reproduces them from the same array (`torch.from_numpy(v)`).
+Images are uint8 NHWC at the API; graphs see float NCHW in [-1, 1]: x / 127.5 - 1 going in,
+clip(rint((y + 1) * 127.5), 0, 255) coming out.
+
+Batches: split at `max_batch` (the TensorRT profile's max, or the `max_batch` given for
+onnxruntime); chained stages (Θ -> τ⁻¹, τ -> Λ) pass device values, so on a GPU the intermediates
+never leave it. Threads: one Pipeline may be shared; see runtime.backends for the locking. Every
+input problem raises `PipelineError` (a ValueError) with one clear message.
+"""
+from __future__ import annotations
+
+import json
+import numbers
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from runtime.backends import OrtBackend, TrtBackend
+from runtime.manifest import PipelineError, l2_rel, max_rel, nll_per_dim, read_manifest, select_stages, verify_files
+
+BACKENDS = ("auto", "onnxruntime", "tensorrt")
+# what `check` accepts, by stage precision: max |a-b| / max |b| against the PyTorch outputs (None:
+# reported, not judged), flow round trip ‖τ(τ⁻¹(z)) - z‖ / ‖z‖, NLL drift in nats/dim
+CHECK_TOLERANCES = {"fp32": (1e-4, 1e-5, 1e-3), "fp16": (5e-2, 1e-3, 5e-2), "int8": (None, 1e-3, 5e-2)}
+
+
+def images_to_model(images: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray((images.astype(np.float32) / 127.5 - 1.0).transpose(0, 3, 1, 2))
+
+
+def images_from_model(x: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint((x.astype(np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
+
+
+def as_float_batch(x, tail: tuple[int, ...], what: str) -> np.ndarray:
+    """A numeric (N, *tail) array, N >= 1, all finite, as float32; anything else is a PipelineError."""
+    if isinstance(x, (str, bytes)):
+        raise PipelineError(f"{what} must be an array of numbers of shape (N, {', '.join(map(str, tail))}), "
+                            f"got a string")
+    try:
+        arr = np.asarray(x)
+    except ValueError as e:
+        raise PipelineError(f"{what} is not a rectangular array: {e}") from None
+    if arr.size == 0 or arr.ndim == 0 or arr.shape[0] == 0:
+        raise PipelineError(f"{what} is empty (a batch of zero); pass at least one row")
+    if arr.dtype.kind not in "fiub":
+        raise PipelineError(f"{what} must be numeric, got dtype {arr.dtype}")
+    if arr.shape[1:] != tuple(tail):
+        raise PipelineError(f"{what} must have shape (N, {', '.join(map(str, tail))}), got {arr.shape}")
+    arr = arr.astype(np.float32)
+    bad = ~np.isfinite(arr.reshape(len(arr), -1)).all(1)
+    if bad.any():
+        raise PipelineError(f"{what} contains NaN/Inf in {int(bad.sum())} row(s), first at row {int(np.argmax(bad))}")
+    return arr
+
+
+class Pipeline:
+    """Load with `Pipeline.load`; see the module docstring for the calls and conventions."""
+
+    def __init__(self, bundle_dir: Path, manifest: dict, backend, stages: dict[str, str], max_batch: int):
+        self.bundle_dir, self.manifest, self.backend, self.stages = bundle_dir, manifest, backend, stages
+        self.precisions = {role: manifest["stages"][name]["precision"] for role, name in stages.items()}
+        self.max_batch = max_batch
+        self.source_kind = manifest["source_kind"]
+        self.latent_dim = int(manifest["latent_dim"])
+        self.cond_shape = tuple(manifest["cond_shape"])
+        self.attribute_names = manifest.get("attribute_names")
+        self._warned, self._warn_lock = False, threading.Lock()
+        self._tokenizer = self._load_tokenizer() if self.source_kind == "text" else None
+
+    @classmethod
+    def load(cls, bundle_dir: str | Path, backend: str = "auto", device: int = 0, providers=None,
+             precision: str = "fp32", max_batch: int = 64, threads: int = 1) -> "Pipeline":
+        """Read and validate the manifest, verify every file's SHA-256, open the stages.
+
+        backend: "auto" (TensorRT plans when they exist and match this machine's TensorRT version and
+        GPU, else onnxruntime), "onnxruntime" or "tensorrt". precision: "fp32", "int8" (flow stages)
+        or "fp16". max_batch: split size for onnxruntime (TensorRT uses its profile's max).
+        threads: onnxruntime intra-op threads (1 by default: lowest batch-1 latency on a busy CPU)."""
+        if backend not in BACKENDS:
+            raise PipelineError(f"unknown backend '{backend}'; choose one of {', '.join(BACKENDS)}")
+        for name, value in (("max_batch", max_batch), ("threads", threads)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise PipelineError(f"{name} must be a positive integer, got {value!r}")
+        bundle_dir = Path(bundle_dir)
+        manifest = read_manifest(bundle_dir)
+        verify_files(bundle_dir, manifest)
+        stages = select_stages(manifest, precision)
+        engine = None
+        if backend == "tensorrt" or (backend == "auto" and "tensorrt" in manifest):
+            try:
+                engine = TrtBackend(bundle_dir, manifest, stages, device)
+            except PipelineError as e:
+                if backend == "tensorrt":
+                    raise
+                warnings.warn(f"TensorRT engines not used ({e}); running on onnxruntime", stacklevel=2)
+        if engine is None:
+            engine = OrtBackend(bundle_dir, {r: manifest["stages"][n] for r, n in stages.items()}, providers,
+                                device, threads)
+        return cls(bundle_dir, manifest, engine, stages, min(max_batch, engine.max_batch or max_batch))
+
+    # ---- properties of the bundle -------------------------------------------------------------
+    @property
+    def has_target_encoder(self) -> bool:
+        return "target_encoder" in self.stages
+
+    @property
+    def has_decoder(self) -> bool:
+        return "target_decoder" in self.stages
+
+    @property
+    def image_shape(self) -> tuple[int, int, int] | None:
+        """(H, W, C) of target images, None when the bundle has no image stages."""
+        img = self.manifest.get("image")
+        return (*img["size"], img["channels"]) if img else None
+
+    # ---- high-level calls ----------------------------------------------------------------------
+    def translate(self, source, num_samples: int = 1, seed: int | None = None, temperature: float = 1.0):
+        """Samples of the target for each source: images uint8 (N*S, H, W, C) when the bundle has a
+        decoder, else latents (N*S, D); row i*S + k is sample k of source i."""
+        s, t = _check_count(num_samples), _check_temperature(temperature)
+        rng = _rng(seed)
+        cond = np.repeat(self.encode_source(source), s, axis=0)
+        v = rng.standard_normal((len(cond), self.latent_dim), dtype=np.float32) * np.float32(t)
+        return self._generate(v, cond)
+
+    def residual(self, target, source) -> np.ndarray:
+        """v = τ⁻¹(Θ(target) | Φ(source)); target is uint8 images or latents zΘ (N, D)."""
+        cond = self.encode_source(source)
+        images, z = self._target(target)
+        n = len(images if images is not None else z)
+        if n != len(cond):
+            raise PipelineError(f"target has {n} rows but source has {len(cond)}; pass one source per target")
+        out = []
+        for sl in self._chunks(n):
+            with self.backend.exclusive():
+                zs = z[sl] if z is not None else \
+                    self.backend.run("target_encoder", {"image": images_to_model(images[sl])}, host=False)["z"]
+                out.append(self.backend.run("flow_inverse", {"z": zs, "cond": cond[sl]})["v"])
+        return np.concatenate(out)
+
+    def transfer(self, target, source, new_source):
+        """Λ(τ(τ⁻¹(Θ(target) | Φ(source)) | Φ(new_source))): keep what the source does not explain,
+        change what it does. Returns images (or latents without a decoder)."""
+        v = self.residual(target, source)
+        cond = self.encode_source(new_source)
+        if len(cond) != len(v):
+            raise PipelineError(f"new_source has {len(cond)} rows but target has {len(v)}")
+        return self._generate(v, cond)
+
+    # ---- stage-level access ----------------------------------------------------------------------
+    def encode_source(self, source) -> np.ndarray:
+        """zΦ for a source: Φ(texts) or Φ(images), or the validated condition array itself."""
+        if self.source_kind == "vector":
+            return as_float_batch(source, self.cond_shape, "source")
+        if self.source_kind == "image":
+            img = self.manifest["source_image"]
+            images = _check_images(source, (*img["size"], img["channels"]), "source")
+            return self._chunked("source_encoder", {"image": images_to_model(images)})["embedding"]
+        texts = _check_texts(source)
+        out = []
+        for sl in self._chunks(len(texts)):
+            ids, mask = self._tokenize(texts[sl])
+            out.append(self.backend.run("source_encoder", {"input_ids": ids, "attention_mask": mask})["embedding"])
+        return np.concatenate(out)
+
+    def flow_forward(self, v, cond) -> np.ndarray:
+        """τ: zΘ = τ(v | zΦ); cond is the raw zΦ (N, *cond_shape)."""
+        v, cond = self._pair(v, "v", cond)
+        return self._chunked("flow_forward", {"v": v, "cond": cond})["z"]
+
+    def flow_inverse(self, z, cond) -> tuple[np.ndarray, np.ndarray]:
+        """τ⁻¹: (v, log|det ∂v/∂zΘ|) for zΘ (N, D) given zΦ."""
+        z, cond = self._pair(z, "z", cond)
+        out = self._chunked("flow_inverse", {"z": z, "cond": cond})
+        return out["v"], out["logdet"]
+
+    def encode_target(self, images) -> np.ndarray:
+        """Θ: uint8 images (N, H, W, C) -> zΘ (N, D), the encoder's mean."""
+        self._need("target_encoder", "encode_target")
+        images = _check_images(images, self.image_shape, "images")
+        return self._chunked("target_encoder", {"image": images_to_model(images)})["z"]
+
+    def decode_target(self, z) -> np.ndarray:
+        """Λ: zΘ (N, D) -> uint8 images (N, H, W, C)."""
+        self._need("target_decoder", "decode_target")
+        z = as_float_batch(z, (self.latent_dim,), "z")
+        return images_from_model(self._chunked("target_decoder", {"z": z})["image"])
+
+    def check(self, repeats: int = 20) -> dict:
+        """Self-test on the bundle's validation data (any machine, any backend): each stage against the
+        PyTorch outputs stored at export, tokenizer ids, flow round trip, NLL, and median latency per
+        stage and end to end at batch 1. `ok` is False when a tolerance (CHECK_TOLERANCES) is missed."""
+        files = [Path(f) for f in self.manifest["validation"]["files"]]
+        val = {f.stem: np.load(self.bundle_dir / f, allow_pickle=False) for f in files if f.suffix == ".npy"}
+        cond, z = val["cond"], val["target"]
+        v, logdet = self.flow_inverse(z, cond)
+        parity = {"flow_inverse": max(max_rel(v, val["v"]), max_rel(logdet, val["logdet"])),
+                  "flow_forward": max_rel(self.flow_forward(val["fixed_v"], cond), val["forward_z"])}
+        one = {"flow_inverse": {"z": z[:1], "cond": cond[:1]}, "flow_forward": {"v": v[:1], "cond": cond[:1]}}
+        report = {"bundle": str(self.bundle_dir), "backend": self.backend.name, "providers": self.backend.providers,
+                  "precisions": self.precisions, "files_verified": len(files), "validation_pairs": len(z)}
+        if self.source_kind == "text":
+            texts = json.loads((self.bundle_dir / "validation" / "texts.json").read_text())
+            ids, _ = self._tokenize(texts)
+            report["tokenizer_match"] = bool(ids.shape == val["input_ids"].shape and (ids == val["input_ids"]).all())
+            one["source_encoder"] = {"input_ids": val["input_ids"], "attention_mask": val["attention_mask"]}
+        elif self.source_kind == "image":
+            one["source_encoder"] = {"image": val["source_images"]}
+        if "source_encoder" in one:
+            parity["source_encoder"] = max_rel(self._chunked("source_encoder", one["source_encoder"])["embedding"],
+                                                val["embedding"])
+            one["source_encoder"] = {k: x[:1] for k, x in one["source_encoder"].items()}
+        if self.has_decoder:
+            one["target_decoder"] = {"z": z[:len(val["decoded"])]}
+            parity["target_decoder"] = max_rel(self._chunked("target_decoder", one["target_decoder"])["image"],
+                                                val["decoded"])
+        if self.has_target_encoder:
+            one["target_encoder"] = {"image": val["encoder_input"]}
+            parity["target_encoder"] = max_rel(self._chunked("target_encoder", one["target_encoder"])["z"],
+                                                val["encoded"])
+        nll, nll_ref = float(nll_per_dim(v, logdet).mean()), float(nll_per_dim(val["v"], val["logdet"]).mean())
+        report.update(parity_max_rel=parity, roundtrip_rel=l2_rel(self.flow_forward(v, cond), z),
+                      nll_nats_per_dim=nll, nll_pytorch=nll_ref)
+        latency = {role: _median_ms(lambda r=role, f=feeds: self.backend.run(r, {k: x[:1] for k, x in f.items()}),
+                                    repeats) for role, feeds in one.items()}
+        source = {"text": lambda: texts[:1], "vector": lambda: cond[:1],
+                  "image": lambda: images_from_model(val["source_images"][:1])}[self.source_kind]()
+        latency["translate_end_to_end"] = _median_ms(lambda: self.translate(source, seed=0), repeats)
+        report["latency_batch1_ms"] = latency
+        fails = [f"{role} parity {err:.2e}" for role, err in parity.items()
+                 if CHECK_TOLERANCES[self.precisions[role]][0] is not None
+                 and err > CHECK_TOLERANCES[self.precisions[role]][0]]
+        flow_tol = CHECK_TOLERANCES[self.precisions["flow_inverse"]]
+        fails += [f"round trip {report['roundtrip_rel']:.2e}"] if report["roundtrip_rel"] > flow_tol[1] else []
+        fails += [f"NLL drift {nll - nll_ref:+.4f}"] if abs(nll - nll_ref) > flow_tol[2] else []
+        fails += ["tokenizer ids differ from export"] if report.get("tokenizer_match") is False else []
+        report.update(ok=not fails, failures=fails)
+        return report
+
+    # ---- internals -------------------------------------------------------------------------------
+    def _generate(self, v: np.ndarray, cond: np.ndarray) -> np.ndarray:
+        out = []
+        for sl in self._chunks(len(v)):
+            with self.backend.exclusive():
+                z = self.backend.run("flow_forward", {"v": v[sl], "cond": cond[sl]}, host=not self.has_decoder)["z"]
+                out.append(images_from_model(self.backend.run("target_decoder", {"z": z})["image"])
+                           if self.has_decoder else z)
+        return np.concatenate(out)
+
+    def _chunks(self, n: int) -> list[slice]:
+        return [slice(i, min(i + self.max_batch, n)) for i in range(0, n, self.max_batch)]
+
+    def _chunked(self, role: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        parts = [self.backend.run(role, {k: x[sl] for k, x in feeds.items()})
+                 for sl in self._chunks(len(next(iter(feeds.values()))))]
+        return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+
+    def _pair(self, x, name: str, cond) -> tuple[np.ndarray, np.ndarray]:
+        x = as_float_batch(x, (self.latent_dim,), name)
+        cond = as_float_batch(cond, self.cond_shape, "cond")
+        if len(x) != len(cond):
+            raise PipelineError(f"{name} has {len(x)} rows but cond has {len(cond)}")
+        return x, cond
+
+    def _need(self, role: str, call: str) -> None:
+        if role not in self.stages:
+            what = {"target_encoder": "target encoder (Θ)", "target_decoder": "decoder (Λ)"}[role]
+            raise PipelineError(f"{call}: this bundle ({self.manifest['task']}) has no {what}")
+
+    def _target(self, target) -> tuple[np.ndarray | None, np.ndarray | None]:
+        if isinstance(target, np.ndarray) and target.dtype == np.uint8 and target.ndim == 4:
+            if not self.has_target_encoder:
+                raise PipelineError(f"this bundle ({self.manifest['task']}) has no target encoder (Θ), so it "
+                                    f"cannot edit images; pass latents zΘ of shape (N, {self.latent_dim}) instead")
+            return _check_images(target, self.image_shape, "target"), None
+        return None, as_float_batch(target, (self.latent_dim,), "target latents")
+
+    def _load_tokenizer(self):
+        from tokenizers import Tokenizer
+        spec = self.manifest["tokenizer"]
+        tok = Tokenizer.from_file(str(self.bundle_dir / "tokenizer" / "tokenizer.json"))
+        tok.enable_truncation(max_length=int(spec["max_tokens"]))
+        tok.enable_padding(pad_id=int(spec.get("pad_id", 0)), pad_token=spec.get("pad_token", "[PAD]"))
+        return tok
+
+    def _tokenize(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Token ids and mask, padded to the longest text, truncated at max_tokens (warns once)."""
+        enc = self._tokenizer.encode_batch(texts)
+        cut = [i for i, e in enumerate(enc) if e.overflowing]
+        if cut:
+            with self._warn_lock:
+                first, self._warned = not self._warned, True
+            if first:
+                warnings.warn(f"text longer than the encoder's {self.manifest['tokenizer']['max_tokens']} tokens "
+                              f"was truncated ({len(cut)} text(s) in this batch)", stacklevel=4)
+        ids = np.array([e.ids for e in enc], dtype=np.int64)
+        return ids, np.array([e.attention_mask for e in enc], dtype=np.int64)
+
+
+def _median_ms(fn, repeats: int) -> float:
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return float(np.median(times) * 1e3)
+
+
+def _check_texts(source) -> list[str]:
+    if isinstance(source, str):
+        raise PipelineError("source must be a list of strings, got a single string; wrap it in a list")
+    if not isinstance(source, (list, tuple)):
+        raise PipelineError(f"this bundle translates text: pass a list of strings, got {type(source).__name__}")
+    if not source:
+        raise PipelineError("source is an empty list; pass at least one string")
+    for i, text in enumerate(source):
+        if not isinstance(text, str):
+            raise PipelineError(f"source[{i}] is a {type(text).__name__}, not a string")
+        if not text.strip():
+            raise PipelineError(f"source[{i}] is empty or whitespace; every text needs some words")
+    return list(source)
+
+
+def _check_images(x, hwc: tuple[int, int, int], what: str) -> np.ndarray:
+    h, w, c = hwc
+    if not isinstance(x, np.ndarray) or x.dtype != np.uint8:
+        got = x.dtype if isinstance(x, np.ndarray) else type(x).__name__
+        raise PipelineError(f"{what} must be a uint8 array (N, {h}, {w}, {c}), got {got}")
+    if x.ndim != 4 or x.shape[0] == 0:
+        raise PipelineError(f"{what} must have shape (N, {h}, {w}, {c}) with N >= 1, got {x.shape}")
+    if x.shape[3] != c:
+        raise PipelineError(f"{what} must have {c} channels, got {x.shape[3]} (shape {x.shape})")
+    if x.shape[1:3] != (h, w):
+        raise PipelineError(f"{what} must be {h}x{w} pixels, got {x.shape[1]}x{x.shape[2]}; resize them first")
+    return x
+
+
+def _check_count(n) -> int:
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
+        raise PipelineError(f"num_samples must be an integer >= 1, got {n!r}")
+    return int(n)
+
+
+def _check_temperature(t) -> float:
+    if isinstance(t, bool) or not isinstance(t, numbers.Real) or not np.isfinite(t) or t <= 0:
+        raise PipelineError(f"temperature must be a finite number > 0, got {t!r}")
+    return float(t)
+
+
+def _rng(seed) -> np.random.Generator:
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0):
+        raise PipelineError(f"seed must be None or an integer >= 0, got {seed!r}")
+    return np.random.default_rng(seed)
