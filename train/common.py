@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import random
 import sys
@@ -132,3 +133,26 @@ class MetricsLog:
     def write(self, **row) -> None:
         with open(self.path, "a", newline="") as f:
             csv.writer(f).writerow([row.get(k, "") for k in self.fields])
+
+
+def lr_at(step: int, cfg) -> float:
+    """Linear warm-up over `cfg.warmup` steps, then cosine decay to `cfg.lr * cfg.final_lr_frac`."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (cfg.final_lr_frac + (1 - cfg.final_lr_frac) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def optim_tensors(opt: torch.optim.Optimizer, prefix: str = "optim") -> dict[str, torch.Tensor]:
+    """An optimizer's state as flat tensors `prefix.<param index>.<key>`, for a safetensors checkpoint."""
+    return {f"{prefix}.{i}.{k}": torch.as_tensor(v) for i, s in opt.state_dict()["state"].items() for k, v in s.items()}
+
+
+def load_optim(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], prefix: str = "optim") -> None:
+    sd = opt.state_dict()
+    sd["state"] = {}
+    for name, val in tensors.items():
+        if name.startswith(prefix + "."):
+            _, idx, key = name.split(".", 2)
+            sd["state"].setdefault(int(idx), {})[key] = val
+    opt.load_state_dict(sd)

@@ -124,7 +124,9 @@ register(Task("features", "any two aligned feature files (the plug-and-play case
               _features_source, experts=lambda config: Experts()))
 
 # Modules that register further tasks when imported (each adds entries with `register`).
-TASK_MODULES = []
+TASK_MODULES = [
+    "train.tasks_sprites",
+]
 
 
 def load_all() -> dict[str, Task]:

@@ -25,7 +25,10 @@ from train.common import (
     MetricsLog,
     UserError,
     atomic_write_json,
+    load_optim,
     load_tensors,
+    lr_at,
+    optim_tensors,
     pack_rng_state,
     progress_interval,
     read_json,
@@ -95,32 +98,6 @@ def load_translator(run_dir: str | Path) -> tuple[nn.Module, dict]:
     return model.eval(), config
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-    return cfg.lr * (cfg.final_lr_frac + (1 - cfg.final_lr_frac) * 0.5 * (1 + math.cos(math.pi * t)))
-
-
-def _optim_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
-    out = {}
-    for idx, state in opt.state_dict()["state"].items():
-        for key, val in state.items():
-            out[f"optim.{idx}.{key}"] = torch.as_tensor(val)
-    return out
-
-
-def _load_optim(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
-    sd = opt.state_dict()
-    state: dict[int, dict] = {}
-    for name, val in tensors.items():
-        if name.startswith("optim."):
-            _, idx, key = name.split(".", 2)
-            state.setdefault(int(idx), {})[key] = val
-    sd["state"] = state
-    opt.load_state_dict(sd)
-
-
 def _dist_info() -> tuple[int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
@@ -163,7 +140,7 @@ def train(kind: str, model_cfg: dict, cfg: TrainConfig, source: PairSource, out_
     if resume:
         tensors = load_tensors(ckpt)
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-        _load_optim(opt, tensors)
+        load_optim(opt, tensors)
         gen.set_state(tensors["rng.batch"])
         unpack_rng_state(tensors)
         start = int(tensors["trainer.step"].item())
@@ -184,7 +161,7 @@ def train(kind: str, model_cfg: dict, cfg: TrainConfig, source: PairSource, out_
 
     def save(step: int) -> None:
         tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-        tensors.update(_optim_tensors(opt))
+        tensors.update(optim_tensors(opt))
         tensors.update(pack_rng_state())
         tensors["rng.batch"] = gen.get_state()
         tensors["trainer.step"] = torch.tensor([step])

@@ -200,7 +200,8 @@ def render_batch(indices, split: str = "train", size: int = 64,
 def to_tensor(images_uint8) -> torch.Tensor:
     """(N,H,W,3) uint8 -> (N,3,H,W) float32 in [-1, 1]."""
     x = torch.as_tensor(np.asarray(images_uint8))
-    return x.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+    # contiguous NCHW: a channels-last view crashed conv backward in this torch build
+    return x.permute(0, 3, 1, 2).contiguous().float().div(127.5).sub(1.0)
 
 
 def to_uint8(images_tensor) -> np.ndarray:

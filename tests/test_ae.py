@@ -1,0 +1,154 @@
+"""The autoencoder g (train/autoencoder.py) and its trainer (train/ae.py), on tiny models and 32px sprites."""
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+
+from train.ae import PRESETS, SpriteBatches, TrainConfig, evaluate_ae, main, train
+from train.autoencoder import AEConfig, Autoencoder, ensure_autoencoder, load_autoencoder
+from train.common import UserError, load_tensors
+
+TINY = replace(PRESETS["smoke"][0], image_size=32)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread; several spin-wait badly on a busy CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_train_cfg(**kw) -> TrainConfig:
+    # Constant learning rate (warmup 1, no decay): the schedule then does not depend on `steps`.
+    base = dict(steps=4, batch_size=4, warmup=1, final_lr_frac=1.0, log_every=1, grid_every=2, ckpt_every=2)
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.mark.parametrize("size, attention", [(32, False), (64, True)])
+def test_encode_decode_shapes(size, attention):
+    torch.manual_seed(0)
+    model = Autoencoder(replace(TINY, image_size=size, attention=attention)).eval()
+    x = torch.rand(3, 3, size, size) * 2 - 1
+    z = model.encode(x)
+    assert z.shape == (3, model.latent_dim) and model.image_size == size
+    y = model.decode(z)
+    assert y.shape == (3, 3, size, size) and y.abs().max() <= 1
+    # channels-last input (what permuting a uint8 NHWC batch gives) must behave like a contiguous one
+    assert torch.allclose(model.encode(x.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)), z)
+    with pytest.raises(UserError, match="expects images"):
+        model.encode(torch.zeros(1, 3, size // 2, size // 2))
+
+
+def test_reparameterisation():
+    torch.manual_seed(0)
+    model = Autoencoder(TINY).eval()
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    mu, logvar = model.encoder(x)
+    a = model.encode(x, sample=True, generator=torch.Generator().manual_seed(1))
+    b = model.encode(x, sample=True, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a, b) and not torch.allclose(a, mu)
+    many = torch.stack([model.encode(x, sample=True) for _ in range(4000)])
+    assert torch.allclose(many.mean(0), mu, atol=0.1 * logvar.exp().sqrt().max().item())
+    assert torch.allclose(many.std(0).log() * 2, logvar, atol=0.1)
+
+
+def test_config_check():
+    with pytest.raises(UserError, match="power of two"):
+        Autoencoder(replace(TINY, image_size=48))
+    with pytest.raises(UserError, match="stages"):
+        Autoencoder(replace(TINY, image_size=16))
+    assert AEConfig.from_dict(json.loads(json.dumps(TINY.to_dict()))) == TINY
+
+
+def test_cli_smoke_and_checkpoint_round_trip(tmp_path, capsys):
+    out = tmp_path / "ae"
+    assert main(["--preset", "smoke", "--size", "32", "--out", str(out), "--oracle", str(tmp_path / "none")]) == 0
+    assert "steps/s" in capsys.readouterr().out
+    config = json.loads((out / "config.json").read_text())
+    assert config["kind"] == "autoencoder" and config["model"]["image_size"] == 32
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert rows and int(rows[-1]["step"]) == PRESETS["smoke"][1].steps and float(rows[-1]["psnr"]) > 0
+    assert sorted(p.name for p in (out / "grids").iterdir()) == ["step000003.png", "step000006.png"]
+
+    model = load_autoencoder(out)
+    assert not model.training and not any(p.requires_grad for p in model.parameters())
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    z = model.encode(x)
+    assert z.grad_fn is None
+    again = load_autoencoder(out)
+    assert torch.equal(again.decode(again.encode(x)), model.decode(z))
+    assert torch.equal(ensure_autoencoder(out).encode(x), z)      # present: loads, does not train
+
+    with pytest.raises(UserError, match="already holds a run"):
+        main(["--preset", "smoke", "--size", "32", "--out", str(out)])
+    with pytest.raises(UserError, match="model settings differ"):
+        main(["--preset", "smoke", "--size", "64", "--out", str(out), "--resume"])
+
+
+def test_training_returns_what_it_saved(tmp_path):
+    model = train(TINY, tiny_train_cfg(steps=2), SpriteBatches(32), tmp_path)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    assert torch.equal(load_autoencoder(tmp_path).decode(model.encode(x)), model.decode(model.encode(x)))
+
+
+def test_resume_equals_uninterrupted_run(tmp_path):
+    cfg = tiny_train_cfg(disc_weight=0.5)        # with the discriminator, so its state is resumed too
+    train(TINY, cfg, SpriteBatches(32), tmp_path / "full")
+    train(TINY, replace(cfg, steps=2), SpriteBatches(32), tmp_path / "part")
+    train(TINY, cfg, SpriteBatches(32), tmp_path / "part", resume=True)
+    full = load_tensors(tmp_path / "full" / "checkpoint.safetensors")
+    part = load_tensors(tmp_path / "part" / "checkpoint.safetensors")
+    assert full.keys() == part.keys() and any(k.startswith("optim_d.") for k in full)
+    for k in full:
+        assert torch.equal(full[k], part[k]), k
+    rows = list(csv.DictReader(open(tmp_path / "part" / "metrics.csv")))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4]
+
+
+def test_discriminator_path_with_adaptive_weight(tmp_path):
+    train(TINY, tiny_train_cfg(steps=2, disc_weight=1.0, disc_start=1), SpriteBatches(32), tmp_path)
+    rows = list(csv.DictReader(open(tmp_path / "metrics.csv")))
+    assert float(rows[0]["lam"]) == 0.0                        # before disc_start
+    assert float(rows[1]["lam"]) > 0 and float(rows[1]["gan"]) > 0
+
+
+def test_non_finite_loss_stops_without_checkpoint(tmp_path):
+    def broken(n, gen):
+        x, mask = SpriteBatches(32)(n, gen)
+        return torch.full_like(x, float("nan")), mask
+
+    with pytest.raises(UserError, match="non-finite loss at step 0"):
+        train(TINY, tiny_train_cfg(), broken, tmp_path)
+    assert not (tmp_path / "checkpoint.safetensors").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--data", "celeba"], "--data-root"),
+    (["--data", "folder"], "--data-root"),
+    (["--attr-csv", "x.csv"], "only applies"),
+    (["--size", "48"], "power of two"),
+    (["--steps", "0"], "must be positive"),
+    (["--resume"], "missing file"),
+])
+def test_bad_arguments(tmp_path, argv, message):
+    with pytest.raises(UserError, match=message):
+        main(["--preset", "smoke", "--out", str(tmp_path / "run")] + argv)
+
+
+def test_evaluate_ae_with_a_tiny_oracle(tmp_path):
+    from train.classifier import main as train_classifier
+
+    train_classifier(["--out", str(tmp_path / "clf"), "--steps", "2", "--batch-size", "4", "--size", "32",
+                      "--eval-count", "4"])
+    train(TINY, tiny_train_cfg(steps=1), SpriteBatches(32), tmp_path / "ae", run_info={"data": "sprites"})
+    result = evaluate_ae(tmp_path / "ae", num_images=6, oracle_dir=tmp_path / "clf")
+    assert 0 <= result["oracle_agreement"] <= 1 and len(result["per_attribute_agreement"]) == 13
+    assert result["psnr"] > 0 and result["num_images"] == 6
+    assert main(["--eval", "--out", str(tmp_path / "ae"), "--oracle", str(tmp_path / "clf"), "--eval-images", "6"]) == 0
+    assert json.loads((tmp_path / "ae" / "eval.json").read_text()) == result

@@ -1,0 +1,103 @@
+"""The sprites translation tasks: registry, frozen experts, editing identity, smoke runs, evaluation."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from train import cinn, evaluate
+from train.common import load_tensors
+from train.data import ATTRIBUTES
+from train.data.sprites import render_batch, to_tensor
+from train.sprite_eval import flip, load_task_run
+from train.tasks import load_all
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def ae_run(tmp_path_factory):
+    """A smoke-preset autoencoder (seconds); the real one is far better, the plumbing is the same."""
+    from train.ae import main as train_ae
+    out = tmp_path_factory.mktemp("ae") / "ae"
+    train_ae(["--preset", "smoke", "--out", str(out)])
+    return out
+
+
+@pytest.fixture(scope="module")
+def oracle_run(tmp_path_factory):
+    from train.classifier import main as train_oracle
+    out = tmp_path_factory.mktemp("oracle") / "oracle"
+    train_oracle(["--data", "sprites", "--out", str(out), "--steps", "5"])
+    return out
+
+
+def test_registry_lists_every_task_with_presets():
+    tasks = load_all()
+    assert {"features", "attributes", "text2image"} <= set(tasks)
+    for name in ("attributes", "text2image"):
+        assert {"smoke", "default"} <= set(tasks[name].presets)
+        assert tasks[name].experts and tasks[name].evaluate and tasks[name].after_training
+
+
+def test_flip_semantics():
+    c = np.zeros(len(ATTRIBUTES), np.float32)
+    c[[ATTRIBUTES.index("shape_circle"), ATTRIBUTES.index("color_red")]] = 1
+    assert flip(c, "size_large")[ATTRIBUTES.index("size_large")] == 1
+    sq = flip(c, "shape_square")
+    assert sq[ATTRIBUTES.index("shape_square")] == 1 and sq[ATTRIBUTES.index("shape_circle")] == 0
+    moved = flip(c, "color_red")          # an "on" one-hot member hands over to the next one
+    assert moved[ATTRIBUTES.index("color_red")] == 0 and moved[ATTRIBUTES.index("color_green")] == 1
+    assert sq.sum() == 2 and moved.sum() == 2
+
+
+@pytest.mark.parametrize("task", ["attributes", "text2image"])
+def test_smoke_run_keeps_experts_frozen_and_evaluates(task, ae_run, oracle_run, tmp_path, capsys):
+    before = load_tensors(ae_run / "checkpoint.safetensors")
+    out = tmp_path / task / "cinn"
+    cinn.main(["--task", task, "--preset", "smoke", "--ae", str(ae_run), "--out", str(out)])
+    cinn.main(["--task", task, "--preset", "smoke", "--ae", str(ae_run), "--out", str(tmp_path / task / "mlp"),
+               "--model", "mlp"])
+    after = load_tensors(ae_run / "checkpoint.safetensors")
+    assert all(torch.equal(before[k], after[k]) for k in before)          # the AE never changed
+    assert (out / "grids" / "samples.png").is_file()
+    translator, config = load_task_run(out)
+    assert not any(p.requires_grad for p in translator.ae.parameters())
+    experts = load_all()[task].experts(config)
+    for module in (experts.source_encoder, experts.target_encoder, experts.target_decoder):
+        assert module is None or not any(p.requires_grad for p in module.parameters())
+    capsys.readouterr()
+    evaluate.main(["--run", str(out), "--num-images", "20", "--oracle", str(oracle_run), "--json"])
+    result = json.loads(capsys.readouterr().out)
+    keys = (["flip_success", "keep_rate", "recon_agreement", "probe_accuracy", "probe_baseline", "diversity"]
+            if task == "attributes" else ["heldout_attribute_accuracy", "diversity"])
+    for key in keys:
+        assert key in result and key in result["mlp"], key
+    assert result["mlp"]["diversity"] == pytest.approx(0.0, abs=1e-6)    # a deterministic MLP cannot vary
+
+
+def test_editing_identity_returns_the_reconstruction(ae_run, tmp_path):
+    out = tmp_path / "attributes" / "cinn"
+    cinn.main(["--task", "attributes", "--preset", "smoke", "--ae", str(ae_run), "--out", str(out)])
+    translator, _ = load_task_run(out)
+    images, attrs, _ = render_batch(range(4), "test", translator.ae.image_size)
+    x, c = to_tensor(images), torch.from_numpy(attrs)
+    edited = translator.edit(x, c, c)                                      # c* = c
+    with torch.no_grad():
+        recon = translator.ae.decode(translator.ae.encode(x))
+    assert torch.allclose(edited, recon, atol=1e-4)
+
+
+def test_bad_captions_file_names_the_line(ae_run, oracle_run, tmp_path):
+    out = tmp_path / "text2image" / "cinn"
+    cinn.main(["--task", "text2image", "--preset", "smoke", "--ae", str(ae_run), "--out", str(out)])
+    bad = tmp_path / "caps.jsonl"
+    bad.write_text('{"text": "a red circle", "attributes": {"color_red": 1}}\n{"text": "x", "attributes": '
+                   '{"colour_red": 1}}\n')
+    p = subprocess.run([sys.executable, "-m", "train.evaluate", "--run", str(out), "--captions", str(bad),
+                        "--oracle", str(oracle_run), "--num-images", "8", "--json"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2 and "caps.jsonl:2:" in p.stderr and "Traceback" not in p.stderr, p.stderr

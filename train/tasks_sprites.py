@@ -1,0 +1,194 @@
+"""Translation tasks on the embedded sprites, all sharing one frozen autoencoder g = Λ∘Θ (Appendix F).
+
+  attributes  (Sec. 4.3, Fig. 6)  zΦ = the 13-d attribute vector (H embeds it inside τ)
+  text2image  (net2net "SBERT-to-AE")  zΦ = all-MiniLM-L6-v2 embedding of a caption of the image
+
+Pairs are (zΦ(y), Θ(y)) for rendered images y. Θ(y) of a fixed set of training renders is computed
+once and cached beside the AE run (the AE is frozen, so this is exact); captions are drawn afresh
+for every batch from a pool of `captions_per_image` train-template captions per image, whose
+embeddings are cached the same way (the sentence encoder is frozen too).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from train.common import load_tensors, progress_interval, save_tensors
+from train.data import ATTRIBUTES
+from train.data.captions import make_caption
+from train.data.sprites import SPLITS, render_batch, to_tensor
+from train.experts import TextEncoder, freeze
+from train.tasks import Experts, Task, add_arg_once, register
+
+DEFAULT_AE = "runs/attributes/ae"
+
+# `data`: renders whose latents train τ, validation renders, captions per training image.
+SPRITE_PRESETS = {
+    "smoke": {"flow": {"num_blocks": 2, "hidden": 32, "embed_hidden": 32},
+              "train": {"steps": 20, "batch_size": 32, "val_every": 10, "ckpt_every": 10, "warmup": 5},
+              "data": {"images": 256, "val_images": 64, "captions_per_image": 2, "ae_preset": "smoke"}},
+    "default": {"flow": {"num_blocks": 10, "hidden": 256, "depth": 2, "embed_dim": 64},
+                "train": {"steps": 4000, "batch_size": 256, "lr": 1e-3, "val_every": 250},
+                "data": {"images": 60000, "val_images": 1000, "captions_per_image": 2, "ae_preset": "default"}},
+    "paper": {"flow": {"num_blocks": 20, "hidden": "8d", "depth": 4, "embed_dim": 128},
+              "train": {"steps": 50000, "batch_size": 25, "lr": 1e-4},
+              "data": {"images": 50000, "val_images": 2000, "captions_per_image": 4, "ae_preset": "default"}},
+}
+
+
+def load_ae(run_dir: str, preset: str = "default"):
+    from train.autoencoder import ensure_autoencoder  # trains it first (and says so) when missing
+    return freeze(ensure_autoencoder(run_dir, preset=preset))
+
+
+@torch.no_grad()
+def encode_images(ae, images_uint8: np.ndarray, batch: int = 256) -> torch.Tensor:
+    x = to_tensor(images_uint8)
+    return torch.cat([ae.encode(x[i:i + batch]) for i in range(0, len(x), batch)])
+
+
+def sprite_latents(ae_dir: str, ae, split: str, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(attributes, Θ(y)) for the first `count` renders of `split`, cached in AE_RUN/latents/."""
+    path = Path(ae_dir) / "latents" / f"{split}_{count}.safetensors"
+    if path.is_file():
+        t = load_tensors(path)
+        return t["attributes"], t["z"]
+    attrs, zs = [], []
+    start = SPLITS[split][0]
+    for i in tqdm(range(0, count, 1000), desc=f"encode {split} renders", mininterval=progress_interval()):
+        images, a, _ = render_batch(range(start + i, start + min(count, i + 1000)), split, ae.image_size)
+        attrs.append(torch.from_numpy(a))
+        zs.append(encode_images(ae, images))
+    out = {"attributes": torch.cat(attrs), "z": torch.cat(zs)}
+    save_tensors(path, out)
+    return out["attributes"], out["z"]
+
+
+def caption_pool(attributes: torch.Tensor, per_image: int, split: str, seed: int) -> list[list[str]]:
+    rng = np.random.default_rng([seed, 7])
+    return [[make_caption(a, rng, split)[0] for _ in range(per_image)] for a in attributes.numpy()]
+
+
+def embed_captions(encoder: TextEncoder, texts: list[str], cache: Path) -> torch.Tensor:
+    """Embeddings of `texts` (row-aligned), cached on disk keyed by the texts themselves."""
+    if cache.is_file():
+        t = load_tensors(cache)
+        if int(t["count"]) == len(texts):
+            return t["embeddings"]
+    out = []
+    for i in tqdm(range(0, len(texts), 512), desc="embed captions", mininterval=progress_interval()):
+        out.append(encoder.encode(texts[i:i + 512]))
+    emb = torch.cat(out)
+    save_tensors(cache, {"embeddings": emb, "count": torch.tensor(len(texts))})
+    return emb
+
+
+class SpritePairs:
+    """PairSource: (zΦ, Θ(y)) with zΦ = attributes or caption embeddings (one of a pool per image)."""
+
+    def __init__(self, cond: torch.Tensor, z: torch.Tensor, val_cond: torch.Tensor, val_z: torch.Tensor):
+        # cond: (N, K, c) — K alternative conditions per image (K = 1 for attributes)
+        self.cond, self.z, self.val = cond, z, (val_cond, val_z)
+        self.cond_shape = (cond.shape[-1],)
+        self.target_dim = z.shape[1]
+
+    def batch(self, size: int, generator: torch.Generator):
+        idx = torch.randint(len(self.z), (size,), generator=generator)
+        k = torch.randint(self.cond.shape[1], (size,), generator=generator)
+        return self.cond[idx, k], self.z[idx]
+
+    def validation(self):
+        return self.val
+
+    def statistics(self):
+        c = self.cond.reshape(-1, self.cond.shape[-1])
+        return c.mean(0), c.std(0), self.z.mean(0), self.z.std(0)
+
+
+def _sprite_args(ap: argparse.ArgumentParser) -> None:
+    add_arg_once(ap, "--ae", default=DEFAULT_AE, help="sprites tasks: autoencoder run (trained first if missing)")
+    add_arg_once(ap, "--text-encoder", help="text tasks: sentence-transformers folder (default: all-MiniLM-L6-v2)")
+
+
+def _data_settings(args) -> dict:
+    return SPRITE_PRESETS.get(args.preset, SPRITE_PRESETS["default"])["data"]
+
+
+def _attributes_source(args):
+    data = _data_settings(args)
+    ae = load_ae(args.ae, data["ae_preset"])
+    a, z = sprite_latents(args.ae, ae, "train", data["images"])
+    va, vz = sprite_latents(args.ae, ae, "val", data["val_images"])
+    info = {"task": "attributes", "ae": args.ae, "data": data, "attribute_names": ATTRIBUTES}
+    return SpritePairs(a.unsqueeze(1), z, va, vz), info
+
+
+def _text_source(args):
+    data = _data_settings(args)
+    ae = load_ae(args.ae, data["ae_preset"])
+    encoder = TextEncoder(args.text_encoder)
+    a, z = sprite_latents(args.ae, ae, "train", data["images"])
+    va, vz = sprite_latents(args.ae, ae, "val", data["val_images"])
+    k = data["captions_per_image"]
+    cache = Path(args.ae) / "latents" / f"captions_{Path(encoder.path).name}_{len(a)}x{k}_s{args.seed}.safetensors"
+    texts = [t for pool in caption_pool(a, k, "train", args.seed) for t in pool]
+    cond = embed_captions(encoder, texts, cache).reshape(len(a), k, -1)
+    val_texts = [p[0] for p in caption_pool(va, 1, "train", args.seed + 1)]
+    val_cond = encoder.encode(val_texts)
+    info = {"task": "text2image", "ae": args.ae, "data": data, "text_encoder": encoder.path}
+    return SpritePairs(cond, z, val_cond, vz), info
+
+
+def sprite_experts(config: dict) -> Experts:
+    ae = load_ae(config["ae"])
+    text = config.get("task") == "text2image"
+    source = TextEncoder(config["text_encoder"]) if text else None
+    info = {"image_size": ae.image_size, "warnings": []}
+    if text:
+        info.update(tokenizer_dir=source.path, max_tokens=source.max_tokens)
+    else:
+        info["attribute_names"] = ATTRIBUTES
+    return Experts(source_encoder=source, target_encoder=AEEncoderStage(ae), target_decoder=AEDecoderStage(ae),
+                   info=info)
+
+
+class AEEncoderStage(torch.nn.Module):
+    """Θ as a graph: image (N, 3, H, W) in [-1, 1] -> z (the posterior mean)."""
+
+    def __init__(self, ae):
+        super().__init__()
+        self.ae = ae
+
+    def forward(self, image):
+        return self.ae.encoder(image)[0]
+
+
+class AEDecoderStage(torch.nn.Module):
+    """Λ as a graph: z -> image (N, 3, H, W) in [-1, 1]."""
+
+    def __init__(self, ae):
+        super().__init__()
+        self.ae = ae
+
+    def forward(self, z):
+        return self.ae.decode(z)
+
+
+def _after(out, model, args):
+    from train.sprite_eval import write_grids
+    write_grids(out, model)
+
+
+def _evaluate(args):
+    from train.sprite_eval import evaluate_run
+    return evaluate_run(args)
+
+
+register(Task("attributes", "attribute vector -> sprites AE (editing, Fig. 6)", _sprite_args, _attributes_source,
+              SPRITE_PRESETS, sprite_experts, _after, _evaluate))
+register(Task("text2image", "MiniLM sentence embedding -> sprites AE (Fig. 1 style)", _sprite_args, _text_source,
+              SPRITE_PRESETS, sprite_experts, _after, _evaluate))
