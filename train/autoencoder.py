@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from train.common import UserError, load_tensors, read_json
+from train.common import UserError, load_run_weights, read_json
 
 
 @dataclass
@@ -246,12 +246,7 @@ def load_autoencoder(run_dir: str | Path) -> Autoencoder:
     if "model" not in config:
         raise UserError(f"{run_dir}/config.json has no 'model' section; is this an autoencoder run?")
     model = Autoencoder(AEConfig.from_dict(config["model"]))
-    tensors = load_tensors(run_dir / "checkpoint.safetensors")
-    state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise UserError(f"checkpoint in {run_dir} does not match its config (missing {missing[:3]}, "
-                        f"unexpected {unexpected[:3]})")
+    load_run_weights(model, run_dir)
     return model.eval().requires_grad_(False)
 
 

@@ -29,7 +29,7 @@ from train.common import (
     MetricsLog,
     UserError,
     atomic_write_json,
-    load_tensors,
+    load_run_weights,
     read_json,
     run_cli,
     save_tensors,
@@ -150,12 +150,7 @@ def load_oracle(run_dir: str | Path = DEFAULT_RUN) -> Oracle:
     if config.get("kind") != "attribute_classifier":
         raise UserError(f"{run_dir}/config.json is not an attribute classifier run")
     model = AttributeNet(len(config["attributes"]), tuple(config["channels"]), config["hidden"])
-    tensors = load_tensors(run_dir / "checkpoint.safetensors")
-    state = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise UserError(f"checkpoint in {run_dir} does not match its config (missing {missing[:3]}, "
-                        f"unexpected {unexpected[:3]})")
+    load_run_weights(model, run_dir)
     return Oracle(model, config)
 
 

@@ -92,6 +92,19 @@ def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
     return load_file(str(path))
 
 
+def load_run_weights(model: torch.nn.Module, run_dir: str | Path) -> torch.nn.Module:
+    """Load RUN/checkpoint.safetensors into `model`: the best-validation weights (`best.*`) where the
+    trainer kept them, else the last ones (`model.*`); a mismatch with the config is a clear error."""
+    tensors = load_tensors(Path(run_dir) / "checkpoint.safetensors")
+    prefix = "best." if any(k.startswith("best.") for k in tensors) else "model."
+    state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise UserError(f"checkpoint in {run_dir} does not match its config (missing {missing[:3]}, "
+                        f"unexpected {unexpected[:3]})")
+    return model
+
+
 def read_json(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():

@@ -30,13 +30,16 @@ DEFAULT_AE = "runs/attributes/ae"
 SPRITE_PRESETS = {
     "smoke": {"flow": {"num_blocks": 2, "hidden": 32, "embed_hidden": 32},
               "train": {"steps": 20, "batch_size": 32, "val_every": 10, "ckpt_every": 10, "warmup": 5},
-              "data": {"images": 256, "val_images": 64, "captions_per_image": 2, "ae_preset": "smoke"}},
+              "data": {"images": 256, "text_images": 256, "val_images": 64, "captions_per_image": 2,
+                       "ae_preset": "smoke"}},
     "default": {"flow": {"num_blocks": 10, "hidden": 256, "depth": 2, "embed_dim": 64},
                 "train": {"steps": 4000, "batch_size": 256, "lr": 1e-3, "val_every": 250},
-                "data": {"images": 60000, "val_images": 1000, "captions_per_image": 2, "ae_preset": "default"}},
+                "data": {"images": 60000, "text_images": 10000, "val_images": 1000, "captions_per_image": 2,
+                         "ae_preset": "default"}},
     "paper": {"flow": {"num_blocks": 20, "hidden": "8d", "depth": 4, "embed_dim": 128},
               "train": {"steps": 50000, "batch_size": 25, "lr": 1e-4},
-              "data": {"images": 50000, "val_images": 2000, "captions_per_image": 4, "ae_preset": "default"}},
+              "data": {"images": 50000, "text_images": 50000, "val_images": 2000, "captions_per_image": 4,
+                       "ae_preset": "default"}},
 }
 
 
@@ -131,7 +134,8 @@ def _text_source(args):
     data = _data_settings(args)
     ae = load_ae(args.ae, data["ae_preset"])
     encoder = TextEncoder(args.text_encoder)
-    a, z = sprite_latents(args.ae, ae, "train", data["images"])
+    # fewer images than `attributes`: every caption costs a MiniLM forward pass on the CPU
+    a, z = sprite_latents(args.ae, ae, "train", data["text_images"])
     va, vz = sprite_latents(args.ae, ae, "val", data["val_images"])
     k = data["captions_per_image"]
     cache = Path(args.ae) / "latents" / f"captions_{Path(encoder.path).name}_{len(a)}x{k}_s{args.seed}.safetensors"

@@ -26,6 +26,7 @@ from train.common import (
     UserError,
     atomic_write_json,
     load_optim,
+    load_run_weights,
     load_tensors,
     lr_at,
     optim_tensors,
@@ -88,13 +89,7 @@ def load_translator(run_dir: str | Path) -> tuple[nn.Module, dict]:
     run_dir = Path(run_dir)
     config = read_json(run_dir / "config.json")
     model = build_model(config["kind"], config["model"])
-    tensors = load_tensors(run_dir / "checkpoint.safetensors")
-    prefix = "best." if any(k.startswith("best.") for k in tensors) else "model."   # best validation weights
-    state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise UserError(f"checkpoint in {run_dir} does not match its config (missing {missing[:3]}, "
-                        f"unexpected {unexpected[:3]})")
+    load_run_weights(model, run_dir)
     return model.eval(), config
 
 
