@@ -126,6 +126,7 @@ register(Task("features", "any two aligned feature files (the plug-and-play case
 # Modules that register further tasks when imported (each adds entries with `register`).
 TASK_MODULES = [
     "train.tasks_sprites",
+    "train.tasks_biggan",
 ]
 
 
