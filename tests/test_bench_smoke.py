@@ -1,0 +1,51 @@
+"""The benchmark suite itself runs (CI does not run the benchmarks): a tiny features bundle (smoke
+training + int8 export) through `python -m bench --quick`, then the JSON keys, the markdown and the PNG."""
+import json
+
+import numpy as np
+
+from bench.__main__ import main as bench_main
+from export import onnx as export_onnx
+from train import cinn
+from train.synthetic import sample_pairs
+
+ROW_KEYS = {"backend", "stage", "batch", "median_ms", "p99_ms", "throughput_per_s", "peak_rss_mb", "floor",
+            "measured_over_floor", "halves_rel_diff"}
+TOP_KEYS = {"host", "date", "cpu_model", "cores", "versions", "load_average_start", "load_average_end", "settings",
+            "floors", "bundles", "training", "targets"}
+
+
+def _tiny_bundle(tmp_path):
+    c, z = sample_pairs(400, seed=3)
+    np.save(tmp_path / "c.npy", c)
+    np.save(tmp_path / "z.npy", z)
+    run, bundle = tmp_path / "run", tmp_path / "features"
+    cinn.main(["--task", "features", "--source", str(tmp_path / "c.npy"), "--target", str(tmp_path / "z.npy"),
+               "--out", str(run), "--preset", "smoke", "--steps", "4"])
+    export_onnx.main(["--task", "features", "--run", str(run), "--out", str(bundle), "--precision", "int8",
+                      "--val-pairs", "16"])
+    return bundle
+
+
+def test_quick_bench_writes_json_markdown_and_png(tmp_path):
+    out = tmp_path / "results"
+    assert bench_main(["--bundle", str(_tiny_bundle(tmp_path)), "--quick", "--out", str(out)]) == 0
+    files = {p.suffix: p for p in out.iterdir()}
+    assert set(files) == {".json", ".md", ".png"} and len({p.stem for p in files.values()}) == 1
+    r = json.loads(files[".json"].read_text())
+    assert TOP_KEYS <= r.keys() and r["floors"]["read_bandwidth"]["gbs"] > 0
+    b = r["bundles"]["features"]
+    measured = {row["backend"] for row in b["rows"]}
+    assert {"pytorch", "ort-fp32", "ort-int8"} <= measured
+    assert all(name in measured or reason for name, reason in b["skipped"].items())
+    assert {"trt-fp32", "trt-fp16"} <= measured | set(b["skipped"])
+    for row in b["rows"]:
+        assert ROW_KEYS <= row.keys() and row["median_ms"] > 0 and row["floor"]["ms"] > 0
+    assert {(row["stage"], row["batch"]) for row in b["rows"] if row["backend"] == "ort-fp32"} == \
+        {(s, n) for s in ("flow_forward", "flow_inverse", "translate") for n in (1, 8, 64)}
+    assert r["training"]["ratio"] > 0
+    assert {t["target"] for t in r["targets"]} == {"a", "b", "c"}
+    assert all(t["pass"] is not None for t in r["targets"])
+    md = files[".md"].read_text()
+    assert "| flow_forward | 1 | ort-fp32 |" in md and "## Targets" in md and files[".png"].name in md
+    assert files[".png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
