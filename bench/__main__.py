@@ -10,15 +10,19 @@ and TensorRT exist; skipped backends are listed with the reason), median / p99 l
 peak RSS, and the floor of each number from this run's machine floors; then cINN vs FrEIA training
 throughput and the verdict on each target. Writes OUT/<host>-<date>.json, .md and .png.
 --quick: a few rounds, small floors, a tiny training comparison (checks the suite runs, numbers noisy).
+--render JSON: re-judge a saved run's targets (e.g. after a change to bench.targets) without measuring.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
 from bench.cases import BACKENDS, discover
 from bench.report import write_all
 from bench.suite import BATCHES, run_suite
+from bench.targets import evaluate_targets
 
 
 def _ints(text: str) -> list[int]:
@@ -40,7 +44,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="torch threads of the training comparison (default 1: on a shared 2-core machine a second "
                          "thread made both models slower)")
     ap.add_argument("--no-rss", action="store_true", help="skip the peak-RSS subprocesses")
+    ap.add_argument("--render", metavar="JSON", help="measure nothing: re-judge the targets of a results JSON and "
+                                                     "rewrite its .json/.md/.png beside it")
     args = ap.parse_args(argv)
+    if args.render:
+        results = json.loads(Path(args.render).read_text())
+        results["targets"] = evaluate_targets(results)
+        print("wrote " + ", ".join(str(p) for p in write_all(results, Path(args.render).parent).values()))
+        return 0
     backends = [b for b in args.backends.split(",") if b]
     unknown = [b for b in backends if b not in BACKENDS]
     if unknown or min(args.threads, args.train_threads) < 1:

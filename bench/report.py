@@ -92,7 +92,7 @@ def training_lines(t: dict | None) -> list[str]:
         return []
     c = t["config"]
     return ["## Training throughput: our cINN vs FrEIA", "",
-            f"D={c['target_dim']}, cond {c['cond_shape']}, {c['num_blocks']} blocks, width {c['hidden']}, depth "
+            f"D={c['target_dim']}, cond {tuple(c['cond_shape'])}, {c['num_blocks']} blocks, width {c['hidden']}, depth "
             f"{c['depth']}, batch {t['batch']}, torch threads {t['torch_threads']}; params ours {t['params']['ours']:,}"
             f", FrEIA {t['params']['freia']:,}", "",
             "| model | samples/s |", "|---|---:|",
@@ -138,7 +138,7 @@ def plot(results: dict, path: Path) -> None:
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     fig.suptitle(f"{results['host']} {results['date']} — {results['cpu_model']}", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))     # room for the title
     fig.savefig(path, dpi=90)
     plt.close(fig)
 

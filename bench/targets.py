@@ -33,28 +33,34 @@ def _us(ms: float) -> str:
     return f"{ms * 1e3:.1f} µs"
 
 
-def _overhead_story(row: dict, b: dict, stage: str, bw: float) -> str:
-    """Why a batch-1 flow call is above its memory floor, from the same run's diagnostics: the fixed cost of
-    a call (bare onnxruntime call + one kernel launch per kernel + the Pipeline's checks and IOBinding)
-    against the floor and against what is left for the kernels' real work."""
-    fl, diag = row["floor"], b["diagnostics"]
-    floor, measured = fl["memory_ms"], row["median_ms"]
-    ident, sess = diag["ort_identity_call"]["median_ms"], diag[f"{stage}.fp32.session_run"]["median_ms"]
+def fixed_costs(row: dict, b: dict, stage: str, precision: str) -> dict:
+    """The fixed part of one batch-1 Pipeline flow call, from the same run's diagnostics (ms): a bare
+    onnxruntime call, one launch per kernel the graph runs, and the Pipeline's input checks + IOBinding."""
+    diag = b["diagnostics"]
+    ident = diag["ort_identity_call"]["median_ms"]
     per_kernel = max(diag["ort_100_add_chain"]["median_ms"] - ident, 0.0) / CHAIN
-    kernels = b["flow_graphs"][f"{stage}.fp32"]["kernels_after_fusion"]
-    pipeline = measured - sess
-    fixed = ident + kernels * per_kernel + pipeline
-    text = (f"{fl['bytes'] / 1e6:.3f} MB ({fl['weight_bytes'] / 1e6:.3f} MB weights) at {bw:.1f} GB/s: memory floor "
+    kernels = b["flow_graphs"][f"{stage}.{precision}"]["kernels_after_fusion"]
+    pipeline = row["median_ms"] - diag[f"{stage}.{precision}.session_run"]["median_ms"]
+    return {"call": ident, "per_kernel": per_kernel, "kernels": kernels, "launches": kernels * per_kernel,
+            "pipeline": pipeline, "total": ident + kernels * per_kernel + pipeline}
+
+
+def _overhead_story(row: dict, b: dict, stage: str, bw: float) -> str:
+    """Why a batch-1 flow call is above its memory floor: its fixed costs against the floor and against what
+    is left for the kernels' real work, and the smallest flow for which the target is reachable."""
+    fl, fx = row["floor"], fixed_costs(row, b, stage, "fp32")
+    floor, measured, fixed = fl["memory_ms"], row["median_ms"], fx["total"]
+    work = (measured - fixed) / floor
+    cache = " (below 1: weights served from cache)" if work < 1 else ""
+    return (f"{fl['bytes'] / 1e6:.3f} MB ({fl['weight_bytes'] / 1e6:.3f} MB weights) at {bw:.1f} GB/s: memory floor "
             f"{_us(floor)}; the call takes {_us(measured)}. Fixed costs measured in the same run: a bare onnxruntime "
-            f"call {_us(ident)}, {kernels} kernels x {_us(per_kernel)} per launch = {_us(kernels * per_kernel)}, the "
-            f"Pipeline's input checks + IOBinding {_us(pipeline)}: {_us(fixed)} in all = {fixed / floor:.2f}x the "
-            f"floor before any byte is read. ")
-    if fixed >= 0.5 * measured:
-        return text + (f"They are {fixed / measured:.0%} of the call: per-call and per-kernel overhead, not memory "
-                       f"traffic, sets the batch-1 time of a graph this small.")
-    return text + (f"The kernels' own work takes the remaining {_us(measured - fixed)} = "
-                   f"{(measured - fixed) / floor:.2f}x the floor (GEMV at batch 1 does not stream weights at full "
-                   f"bandwidth through onnxruntime's kernels).")
+            f"call {_us(fx['call'])}, {fx['kernels']} kernels x {_us(fx['per_kernel'])} per launch = "
+            f"{_us(fx['launches'])}, the Pipeline's input checks + IOBinding {_us(fx['pipeline'])}: {_us(fixed)} in "
+            f"all = {fixed / floor:.2f}x the floor before any byte is read, {fixed / measured:.0%} of the call; the "
+            f"kernels' own work is the remaining {_us(measured - fixed)} = {work:.2f}x the floor{cache}. Fixed costs "
+            f"plus a perfectly memory-bound graph would be {1 + fixed / floor:.2f}x the floor; <= {FLOW_FLOOR_MAX}x "
+            f"needs fixed costs <= {FLOW_FLOOR_MAX - 1:.1f}x the floor, i.e. with these fixed costs a flow of >= "
+            f"{fixed / (FLOW_FLOOR_MAX - 1) * bw:.1f} MB, or fewer kernels and a leaner call path for this one.")
 
 
 def _flow_floor(name: str, b: dict, bw: float) -> list[dict]:
@@ -70,6 +76,19 @@ def _flow_floor(name: str, b: dict, bw: float) -> list[dict]:
     return out
 
 
+def _int8_story(r32: dict, r8: dict, b: dict, stage: str) -> str:
+    """Why int8 is not 2.8x faster at batch 1: the bytes it saves against the fixed costs it keeps (and the
+    kernels quantize_dynamic adds), as the best speed-up those fixed costs allow."""
+    f32, f8 = fixed_costs(r32, b, stage, "fp32"), fixed_costs(r8, b, stage, "int8")
+    best = r32["median_ms"] / (f8["total"] + r8["floor"]["memory_ms"])
+    return (f"fp32 {_us(r32['median_ms'])} vs int8 {_us(r8['median_ms'])}. int8 shrinks the bytes "
+            f"{r32['floor']['bytes'] / 1e6:.3f} -> {r8['floor']['bytes'] / 1e6:.3f} MB, but quantize_dynamic turns "
+            f"each MatMul into DynamicQuantizeLinear + MatMulInteger + Cast/Mul ({f32['kernels']} -> {f8['kernels']} "
+            f"kernels) and the fixed costs of the call stay: {_us(f32['total'])} fp32, {_us(f8['total'])} int8. "
+            f"Even with its kernels streaming at the memory floor, the int8 call would take >= "
+            f"{_us(f8['total'] + r8['floor']['memory_ms'])}: at most {best:.2f}x faster than this fp32 call.")
+
+
 def _int8(name: str, b: dict) -> list[dict]:
     acc, out = b.get("int8_accuracy"), []
     for stage in ("flow_forward", "flow_inverse"):
@@ -79,18 +98,8 @@ def _int8(name: str, b: dict) -> list[dict]:
             out.append(_verdict("b", name, what, None, INT8_SPEEDUP_MIN, False,
                                 b["skipped"].get("ort-int8", "not measured")))
             continue
-        g = b["flow_graphs"]
-        k32, k8 = g[f"{stage}.fp32"]["kernels_after_fusion"], g[f"{stage}.int8"]["kernels_after_fusion"]
-        detail = (f"fp32 {_us(r32['median_ms'])} vs int8 {_us(r8['median_ms'])}. int8 shrinks the bytes "
-                  f"{r32['floor']['bytes'] / 1e6:.3f} -> {r8['floor']['bytes'] / 1e6:.3f} MB (a memory-bound call "
-                  f"could gain at most {r32['floor']['bytes'] / r8['floor']['bytes']:.2f}x, and only if it were "
-                  f"memory-bound: fp32 runs at {r32['median_ms'] / r32['floor']['memory_ms']:.1f}x its memory floor), "
-                  f"while quantize_dynamic turns each MatMul into DynamicQuantizeLinear + MatMulInteger + Cast/Mul: "
-                  f"{k32} -> {k8} kernels per call. ")
         speedup = r32["median_ms"] / r8["median_ms"]
-        detail += ("At batch 1 the extra kernels cost more than the smaller weights save." if speedup < 1 else
-                   "At batch 1 the smaller weights save little next to the per-call and per-kernel overhead.")
-        out.append(_verdict("b", name, what, speedup, INT8_SPEEDUP_MIN, False, detail))
+        out.append(_verdict("b", name, what, speedup, INT8_SPEEDUP_MIN, False, _int8_story(r32, r8, b, stage)))
     if acc is None:
         return out + [_verdict("b", name, "int8 round trip / NLL drift", None, ROUNDTRIP_MAX, True,
                                "the bundle has no int8 stages")]

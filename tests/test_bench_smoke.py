@@ -1,5 +1,6 @@
 """The benchmark suite itself runs (CI does not run the benchmarks): a tiny features bundle (smoke
-training + int8 export) through `python -m bench --quick`, then the JSON keys, the markdown and the PNG."""
+training + int8 export) through `python -m bench --quick`, then the JSON keys, the markdown and the PNG, and
+that `--render` rebuilds the same markdown from the JSON."""
 import json
 
 import numpy as np
@@ -49,3 +50,5 @@ def test_quick_bench_writes_json_markdown_and_png(tmp_path):
     md = files[".md"].read_text()
     assert "| flow_forward | 1 | ort-fp32 |" in md and "## Targets" in md and files[".png"].name in md
     assert files[".png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    files[".md"].unlink()
+    assert bench_main(["--render", str(files[".json"])]) == 0 and files[".md"].read_text() == md
