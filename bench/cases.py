@@ -67,10 +67,12 @@ class BundleData:
 
     @property
     def name(self) -> str:
+        """The task, plus the folder name where it differs (two bundles of one task stay apart)."""
         return f"{self.manifest['task']}:{self.dir.name}" if self.dir.name != self.manifest["task"] \
             else self.manifest["task"]
 
     def source(self, batch: int):
+        """`batch` sources as the runtime takes them: condition rows, texts, or uint8 images."""
         if self.kind == "vector":
             return _rows(self.val["cond"], batch)
         if self.kind == "text":
@@ -155,6 +157,7 @@ def open_backend(data: BundleData, backend: str, threads: int = 1) -> dict:
 
 
 def precision_of(backend: str) -> str:
+    """The graphs' precision a backend runs (PyTorch runs the fp32 math)."""
     return "fp32" if backend == "pytorch" else backend.split("-")[1]
 
 

@@ -2,6 +2,7 @@
 
 
 def pytest_addoption(parser):
+    """--bench-bundle / --bench-task / --bench-threads for bench/test_bench.py."""
     group = parser.getgroup("bench", "net2net bundle benchmarks")
     group.addoption("--bench-bundle", action="append", default=None,
                     help="bundle folder to benchmark (repeatable; default: every bundle under engines/)")

@@ -40,11 +40,13 @@ def cpu_model() -> str:
 
 
 def cores() -> dict:
+    """Logical CPUs and the ones this process may run on."""
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {"logical": os.cpu_count(), "usable": usable}
 
 
 def load_average() -> list[float]:
+    """1, 5 and 15 minute load averages."""
     return [round(x, 2) for x in os.getloadavg()]
 
 
@@ -60,6 +62,7 @@ def versions() -> dict:
 
 
 def host_info() -> dict:
+    """Host, date, CPU model, cores, platform and versions: the header of a results file."""
     now = datetime.now().astimezone()
     return {"host": socket.gethostname(), "date": now.isoformat(timespec="seconds"), "cpu_model": cpu_model(),
             "cores": cores(), "platform": platform.platform(), "versions": versions()}
@@ -174,6 +177,7 @@ def fp32_peak_gflops(fl: dict, threads: int) -> float:
 
 
 def int8_peak_gflops(fl: dict) -> float:
+    """onnxruntime's int8 MatMul peak (1 thread), the compute floor of int8 graphs."""
     return fl["ort_matmul_gflops"]["int8"]
 
 

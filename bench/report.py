@@ -13,6 +13,7 @@ STYLE = {"pytorch": ("tab:red", "o"), "ort-fp32": ("tab:blue", "s"), "ort-int8":
 
 
 def stem(results: dict) -> str:
+    """`<host>-<date>` of a results dict, the name of its files."""
     date = datetime.fromisoformat(results["date"]).strftime("%Y-%m-%dT%H%M%S")
     return f"{results['host']}-{date}"
 
@@ -35,6 +36,7 @@ def _fmt(x, digits: int = 3) -> str:
 
 
 def header(r: dict) -> list[str]:
+    """Markdown lines: machine, load, versions, settings, floors and how a row's floor is computed."""
     fl = r["floors"]
     bw, sg, om = fl["read_bandwidth"], fl["sgemm_gflops"], fl["ort_matmul_gflops"]
     threads = {k: v for k, v in sg.items() if k != "n"}
@@ -59,6 +61,7 @@ def header(r: dict) -> list[str]:
 
 
 def bundle_table(name: str, b: dict) -> list[str]:
+    """Markdown lines of one bundle: skipped backends, the stage x batch x backend table, diagnostics, int8."""
     lines = [f"## {name} ({b['source_kind']} source, `{b['path']}`)", ""]
     lines += [f"- {k}: skipped — {v}" for k, v in b["skipped"].items()]
     m = b["measurement"]
@@ -88,6 +91,7 @@ def bundle_table(name: str, b: dict) -> list[str]:
 
 
 def training_lines(t: dict | None) -> list[str]:
+    """Markdown lines of the training comparison (none when it was skipped)."""
     if not t:
         return []
     c = t["config"]
@@ -101,6 +105,7 @@ def training_lines(t: dict | None) -> list[str]:
 
 
 def target_lines(targets: list[dict]) -> list[str]:
+    """Markdown table of the verdicts, then the explanation of each miss."""
     lines = ["## Targets", "", "| target | bundle | what | measured | threshold | verdict |",
              "|---|---|---|---:|---:|---|"]
     notes = []
@@ -115,6 +120,7 @@ def target_lines(targets: list[dict]) -> list[str]:
 
 
 def markdown(results: dict, png_name: str) -> str:
+    """The whole markdown report of a results dict."""
     lines = header(results)
     for name, b in results["bundles"].items():
         lines += bundle_table(name, b)

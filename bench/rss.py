@@ -22,6 +22,7 @@ from bench.machine import peak_rss_mb, reset_peak_rss
 
 
 def measure_backend(bundle: str, backend: str, batches: list[int], threads: int) -> dict:
+    """In this process: open the backend, then the peak RSS of each stage at each batch (module docstring)."""
     data = BundleData(bundle)
     calls = open_backend(data, backend, threads)
     out = {"loaded_mb": peak_rss_mb(), "peak_mb": {stage: {} for stage in calls}, "resettable": True}

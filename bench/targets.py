@@ -16,6 +16,7 @@ CHAIN = 100                    # Add nodes of bench.suite's kernel-overhead grap
 
 
 def row_of(rows: list[dict], backend: str, stage: str, batch: int = 1) -> dict | None:
+    """The result row of one backend, stage and batch, or None when it was not measured."""
     return next((r for r in rows if (r["backend"], r["stage"], r["batch"]) == (backend, stage, batch)), None)
 
 

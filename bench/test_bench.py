@@ -32,6 +32,7 @@ def _calls(bundle: str, backend: str, threads: int) -> dict | str:
 
 
 def pytest_generate_tests(metafunc):
+    """One `case` per bundle x stage x backend x batch; a single skipped case when there are no bundles."""
     if "case" not in metafunc.fixturenames:
         return
     opt = metafunc.config.getoption
@@ -46,10 +47,12 @@ def pytest_generate_tests(metafunc):
 
 @pytest.fixture(scope="session")
 def floors():
+    """The machine floors, measured once per session."""
     return machine.floors()
 
 
 def test_stage(benchmark, case, floors, request):
+    """Benchmark one stage call; the floor goes to extra_info."""
     bundle, stage, backend, batch = case
     threads = request.config.getoption("--bench-threads")
     calls = _calls(bundle, backend, threads)

@@ -32,6 +32,7 @@ class Case:
 
 @dataclass
 class Plan:
+    """How long to warm up and measure (see the module docstring); QUICK is the --quick plan."""
     warmup_s: float = 0.3
     round_s: float = 0.1
     min_rounds: int = 8
@@ -54,6 +55,7 @@ def _time_calls(fn, n: int) -> list[float]:
 
 
 def warm_up(case: Case, seconds: float) -> None:
+    """Run a case for `seconds` (at least twice), keeping its fastest call as the per-call estimate."""
     start, calls = time.perf_counter(), 0
     while calls < 2 or time.perf_counter() - start < seconds:
         t = time.perf_counter()
@@ -63,6 +65,7 @@ def warm_up(case: Case, seconds: float) -> None:
 
 
 def halves_rel_diff(case: Case) -> float:
+    """|median(even rounds) - median(odd rounds)| / median(all): agreement of two interleaved halves."""
     even = [t for r in case.rounds[0::2] for t in r]
     odd = [t for r in case.rounds[1::2] for t in r]
     if not even or not odd:
@@ -90,6 +93,7 @@ def measure(cases: list[Case], plan: Plan) -> dict:
 
 
 def summary(case: Case) -> dict:
+    """Median, p99, mean, counts, throughput (batch / median) and halves agreement of a measured case."""
     times = np.array([t for r in case.rounds for t in r])
     median = float(np.median(times))
     return {"median_ms": median * 1e3, "p99_ms": float(np.percentile(times, 99)) * 1e3,
