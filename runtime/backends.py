@@ -6,8 +6,11 @@
     backend.max_batch    the largest batch one call takes (None: no limit); the Pipeline splits.
     backend.exclusive()  held around a chain of calls that pass device values.
 
-Thread safety: onnxruntime sessions take concurrent `run` calls and every call binds its own
-IOBinding, so `exclusive()` is a no-op there. The TensorRT backend has one execution context, one
+Buffers: outputs are written into buffers preallocated for the max batch (on the session's device)
+and bound for the rows of each call, so a chain of stages allocates nothing per call.
+
+Thread safety: onnxruntime sessions take concurrent `run` calls; every call binds its own IOBinding
+and every thread has its own output buffers, so `exclusive()` is a no-op there. The TensorRT backend has one execution context, one
 stream and one set of preallocated buffers per stage, so `exclusive()` is a re-entrant lock held for
 a whole chain and every `run` takes it too: threads queue, results stay correct.
 
@@ -38,7 +41,7 @@ class OrtBackend:
     max_batch = None
 
     def __init__(self, bundle_dir: str | Path, stages: dict[str, dict], providers=None, device: int = 0,
-                 threads: int = 1):
+                 threads: int = 1, buffer_rows: int = 64):
         import onnxruntime as ort
         self._ort = ort
         available = ort.get_available_providers()
@@ -59,24 +62,55 @@ class OrtBackend:
                          for role, st in stages.items()}
         self.providers = next(iter(self.sessions.values())).get_providers()
         self._device = ("cuda", device) if self.providers[0] in GPU_PROVIDERS else ("cpu", 0)
-        self._outputs = {role: [o.name for o in s.get_outputs()] for role, s in self.sessions.items()}
+        # output name -> (dtype, shape after the batch dim), or None where that shape is not static
+        self._outputs = {role: {o.name: _static_tail(o) for o in s.get_outputs()} for role, s in self.sessions.items()}
+        self.buffer_rows = buffer_rows
+        self._local = threading.local()              # per thread: (role, output) -> preallocated OrtValue
 
     def exclusive(self):
         return contextlib.nullcontext()
 
+    def _buffer(self, role: str, name: str, dtype: np.dtype, tail: tuple, rows: int):
+        """This thread's max-batch buffer for one output, allocated on first use; None if `rows` exceed it."""
+        if rows > self.buffer_rows:
+            return None
+        buffers = self._local.__dict__.setdefault("buffers", {})
+        if (role, name) not in buffers:
+            buffers[role, name] = self._ort.OrtValue.ortvalue_from_shape_and_type(
+                [self.buffer_rows, *tail], dtype, *self._device)
+        return buffers[role, name]
+
     def run(self, role: str, feeds: dict, host: bool = True) -> dict:
         sess = self.sessions[role]
         binding = sess.io_binding()
+        rows = 0
         for name, value in feeds.items():
             if isinstance(value, self._ort.OrtValue):
                 binding.bind_ortvalue_input(name, value)
+                rows = value.shape()[0]
             else:
-                binding.bind_cpu_input(name, np.ascontiguousarray(value))
-        for name in self._outputs[role]:
-            binding.bind_output(name, *self._device)
+                value = np.ascontiguousarray(value)
+                binding.bind_cpu_input(name, value)
+                rows = len(value)
+        for name, spec in self._outputs[role].items():
+            buf = self._buffer(role, name, *spec, rows) if spec is not None else None
+            if buf is None:                          # dynamic shape or oversized batch: ORT allocates
+                binding.bind_output(name, *self._device)
+            else:
+                binding.bind_output(name, *self._device, spec[0], [rows, *spec[1]], buf.data_ptr())
         sess.run_with_iobinding(binding)
         values = binding.copy_outputs_to_cpu() if host else binding.get_outputs()
         return dict(zip(self._outputs[role], values))
+
+
+_ONNX_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
+               "tensor(int32)": np.int32, "tensor(uint8)": np.uint8}
+
+
+def _static_tail(node_arg) -> tuple | None:
+    """(numpy dtype, dims after the batch) of a graph output whose only free dim is the batch."""
+    dtype, dims = _ONNX_TYPES.get(node_arg.type), node_arg.shape[1:]
+    return (dtype, tuple(dims)) if dtype and all(isinstance(d, int) and d > 0 for d in dims) else None
 
 
 class _CudaPython:

@@ -112,7 +112,7 @@ class Pipeline:
                 warnings.warn(f"TensorRT engines not used ({e}); running on onnxruntime", stacklevel=2)
         if engine is None:
             engine = OrtBackend(bundle_dir, {r: manifest["stages"][n] for r, n in stages.items()}, providers,
-                                device, threads)
+                                device, threads, buffer_rows=max_batch)
         return cls(bundle_dir, manifest, engine, stages, min(max_batch, engine.max_batch or max_batch))
 
     # ---- properties of the bundle -------------------------------------------------------------
