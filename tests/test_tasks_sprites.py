@@ -101,3 +101,21 @@ def test_bad_captions_file_names_the_line(ae_run, oracle_run, tmp_path):
                         "--oracle", str(oracle_run), "--num-images", "8", "--json"],
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert p.returncode == 2 and "caps.jsonl:2:" in p.stderr and "Traceback" not in p.stderr, p.stderr
+
+
+def test_caption_cache_is_keyed_by_the_texts(tmp_path):
+    from train.tasks_sprites import embed_captions
+
+    class Encoder:
+        calls = 0
+
+        def encode(self, texts):
+            Encoder.calls += 1
+            return torch.tensor([[float(len(t))] for t in texts])
+
+    cache = tmp_path / "captions.safetensors"
+    first = embed_captions(Encoder(), ["ab", "c"], cache)
+    again = embed_captions(Encoder(), ["ab", "c"], cache)
+    assert Encoder.calls == 1 and torch.equal(first, again)
+    other = embed_captions(Encoder(), ["abc", "d"], cache)    # same count, other texts: embedded afresh
+    assert Encoder.calls == 2 and other[:, 0].tolist() == [3.0, 1.0]

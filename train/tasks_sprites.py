@@ -11,6 +11,7 @@ embeddings are cached the same way (the sentence encoder is frozen too).
 from __future__ import annotations
 
 import argparse
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -77,16 +78,18 @@ def caption_pool(attributes: torch.Tensor, per_image: int, split: str, seed: int
 
 
 def embed_captions(encoder: TextEncoder, texts: list[str], cache: Path) -> torch.Tensor:
-    """Embeddings of `texts` (row-aligned), cached on disk keyed by the texts themselves."""
+    """Embeddings of `texts` (row-aligned), cached on disk keyed by the texts themselves (a SHA-256
+    of them is stored, so a changed caption language is re-embedded, never silently reused)."""
+    digest = torch.frombuffer(bytearray(hashlib.sha256("\n".join(texts).encode()).digest()), dtype=torch.uint8)
     if cache.is_file():
         t = load_tensors(cache)
-        if int(t["count"]) == len(texts):
+        if "sha256" in t and torch.equal(t["sha256"], digest):
             return t["embeddings"]
     out = []
     for i in tqdm(range(0, len(texts), 512), desc="embed captions", mininterval=progress_interval()):
         out.append(encoder.encode(texts[i:i + 512]))
     emb = torch.cat(out)
-    save_tensors(cache, {"embeddings": emb, "count": torch.tensor(len(texts))})
+    save_tensors(cache, {"embeddings": emb, "sha256": digest})
     return emb
 
 

@@ -23,6 +23,13 @@ TRAIN_TEMPLATES = [
     "a picture of {np}{where}{bg}",
     "this image shows {np}{where}{bg}",
     "{np} is drawn{where}{bg}",
+    "an image of {np}{where}{bg}",
+    "a drawing of {np}{where}{bg}",
+    "here we have {np}{where}{bg}",
+    "the picture has {np}{where}{bg}",
+    "a rendering of {np}{where}{bg}",
+    "{np} is shown{where}{bg}",
+    "in this picture, {np} sits{where}{bg}",
 ]
 HELDOUT_TEMPLATES = [
     "you can see {np}{where}{bg}",
@@ -32,20 +39,35 @@ HELDOUT_TEMPLATES = [
 ]
 
 # Synonyms per (group, value). Held-out words overlap the train words only in the plain names,
-# so a held-out caption always differs from every train caption in its frame.
+# so a held-out caption always differs from every train caption in its frame. The train language is
+# broad on purpose: with 2-3 synonyms per value a linear probe on MiniLM embeddings of train captions
+# read shape off held-out captions 78 % of the time, with these six 97 % (colour 66 -> 70 %).
 TRAIN_WORDS = {
-    "shape": {"circle": ["circle", "disc", "round shape"], "square": ["square", "box", "block"],
-              "triangle": ["triangle", "triangular shape"], None: ["shape", "object"]},
-    "color": {"red": ["red", "crimson"], "green": ["green", "emerald"], "blue": ["blue", "azure"],
-              "yellow": ["yellow", "golden"], "purple": ["purple", "violet"]},
-    "size": {1: ["large", "big"], 0: ["small", "little"]},
-    "style": {1: ["outlined", "hollow"], 0: ["filled", "solid"]},
-    "h": {1: ["on the left", "on the left side", "in the left half"],
-          0: ["on the right", "on the right side", "in the right half"]},
-    "v": {1: ["at the top", "in the upper half", "near the top"],
-          0: ["at the bottom", "in the lower half", "near the bottom"]},
-    "bg": {1: ["on a dark background", "over a dark background", "against a black background"],
-           0: ["on a light background", "over a white background", "against a bright background"]},
+    "shape": {"circle": ["circle", "disc", "round shape", "round object", "orb", "circular form"],
+              "square": ["square", "box", "block", "square shape", "four-sided shape", "quadrilateral"],
+              "triangle": ["triangle", "triangular shape", "wedge", "three-sided shape", "pyramid shape"],
+              None: ["shape", "object", "item", "form", "sprite"]},
+    "color": {"red": ["red", "crimson", "ruby", "cherry-red", "vermilion", "reddish"],
+              "green": ["green", "emerald", "lime", "jade", "forest-green", "greenish"],
+              "blue": ["blue", "azure", "navy", "sky-blue", "sapphire", "bluish"],
+              "yellow": ["yellow", "golden", "amber", "mustard", "sunflower-yellow", "yellowish"],
+              "purple": ["purple", "violet", "lavender", "lilac", "mauve", "purplish"]},
+    "size": {1: ["large", "big", "giant", "oversized", "massive", "large-sized"],
+             0: ["small", "little", "mini", "petite", "miniature", "small-sized"]},
+    "style": {1: ["outlined", "hollow", "empty", "line-drawn", "framed", "ring-like"],
+              0: ["filled", "solid", "full", "solid-coloured", "block-coloured", "shaded"]},
+    "h": {1: ["on the left", "on the left side", "in the left half", "to the left", "at the left edge",
+              "on the lefthand side"],
+          0: ["on the right", "on the right side", "in the right half", "to the right", "at the right edge",
+              "on the righthand side"]},
+    "v": {1: ["at the top", "in the upper half", "near the top", "in the top part", "close to the top edge",
+              "in the upper region"],
+          0: ["at the bottom", "in the lower half", "near the bottom", "in the bottom part",
+              "close to the bottom edge", "in the lower region"]},
+    "bg": {1: ["on a dark background", "over a dark background", "against a black background",
+               "on a black field", "on a dim background", "in front of a dark wall"],
+           0: ["on a light background", "over a white background", "against a bright background",
+               "on a white field", "on a light grey background", "in front of a light wall"]},
 }
 HELDOUT_WORDS = {
     "shape": {"circle": ["circle", "round blob"], "square": ["square", "tile"],
