@@ -16,7 +16,8 @@ Experts are called as `encode(x)` / `decode(z)` where they define them, else `fo
 trace is wrong at another batch size, goes through the dynamo exporter (the stage's `exporter` field in
 the manifest says which). Every graph is checked against its
 PyTorch module through onnxruntime on real and random inputs (max |a-b| / max |b| <= 1e-4) and the flow
-pair must round-trip (‖τ(τ⁻¹(z)) - z‖ / ‖z‖ <= 1e-5), else nothing is written.
+pair must round-trip (‖τ(τ⁻¹(z)) - z‖ / ‖z‖ <= 1e-5 on real pairs; on random, off-manifold inputs no
+worse than 2× the PyTorch model's own fp32 round trip, or 1e-5), else nothing is written.
 
 `--precision int8` adds flow_forward.int8 / flow_inverse.int8: onnxruntime's quantize_dynamic on each
 graph (MatMul weights int8, activations quantized per batch at run time); the same algorithm on the
@@ -174,6 +175,14 @@ def flow_roundtrip(fwd: Path, inv: Path, z: np.ndarray, cond: np.ndarray) -> flo
     return l2_rel(session(fwd).run(None, {"v": v, "cond": cond})[0], z)
 
 
+@torch.no_grad()
+def torch_roundtrip(model: ConditionalINN, z: np.ndarray, cond: np.ndarray) -> float:
+    """‖τ(τ⁻¹(z)) - z‖ / ‖z‖ of the PyTorch model itself: the reference for the graph's round trip."""
+    zt, ct = torch.from_numpy(z), torch.from_numpy(cond)
+    v, _ = model.inverse(zt, ct)
+    return l2_rel(model(v, ct).numpy(), z)
+
+
 def task_validation(task, config: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """The task's held-out pairs, rebuilt from what the run recorded in config.json."""
     from train.cinn import build_parser
@@ -222,10 +231,18 @@ def _build(bundle: Path, model: ConditionalINN, experts: Experts, cond: np.ndarr
         feeds = {"real": {first: z if inverse else v_rnd[:len(z)], "cond": cond},
                  "random": {first: rnd_z if inverse else v_rnd[len(z):], "cond": rnd_cond}}
         checks["parity"][role] = check_parity(bundle / f"{role}.onnx", FlowStage(model, inverse), feeds)
+    pairs = {"real": (z, cond), "random": (rnd_z, rnd_cond)}
     checks["roundtrip_rel"] = {label: flow_roundtrip(bundle / "flow_forward.onnx", bundle / "flow_inverse.onnx", zz, cc)
-                               for label, (zz, cc) in (("real", (z, cond)), ("random", (rnd_z, rnd_cond)))}
-    if max(checks["roundtrip_rel"].values()) > ROUNDTRIP_TOL:
-        raise UserError(f"exported flow pair does not round-trip: {checks['roundtrip_rel']} > {ROUNDTRIP_TOL:g}")
+                               for label, (zz, cc) in pairs.items()}
+    # Off-manifold inputs (random conditions, e.g. non-binary attribute vectors) can drive v to 1e3-1e4,
+    # where the PyTorch model itself loses ~1e-5 in fp32; there the graph must only be no worse than it.
+    checks["roundtrip_rel_pytorch"] = {label: torch_roundtrip(model, zz, cc) for label, (zz, cc) in pairs.items()}
+    tolerance = {label: max(ROUNDTRIP_TOL, 2 * checks["roundtrip_rel_pytorch"][label]) if label == "random"
+                 else ROUNDTRIP_TOL for label in pairs}
+    failed = {label: err for label, err in checks["roundtrip_rel"].items() if err > tolerance[label]}
+    if failed:
+        raise UserError(f"exported flow pair does not round-trip: {failed} > {tolerance} "
+                        f"(PyTorch itself: {checks['roundtrip_rel_pytorch']})")
     with torch.no_grad():
         v, logdet = model.inverse(torch.from_numpy(z), torch.from_numpy(cond))
         fixed_v = np.random.default_rng(0).standard_normal(z.shape, dtype=np.float32)
