@@ -10,9 +10,10 @@ Buffers: outputs are written into buffers preallocated for the max batch (on the
 and bound for the rows of each call, so a chain of stages allocates nothing per call.
 
 Thread safety: onnxruntime sessions take concurrent `run` calls; every call binds its own IOBinding
-and every thread has its own output buffers, so `exclusive()` is a no-op there. The TensorRT backend has one execution context, one
-stream and one set of preallocated buffers per stage, so `exclusive()` is a re-entrant lock held for
-a whole chain and every `run` takes it too: threads queue, results stay correct.
+and every thread has its own output buffers, so `exclusive()` is a no-op there. The TensorRT backend
+has one execution context, one stream and one set of preallocated buffers per stage, so `exclusive()`
+is a re-entrant lock held for a whole chain and every `run` takes it too: threads queue, results
+stay correct.
 
 Imports here are lazy (onnxruntime, tensorrt, cuda-python / pycuda), so `export.trt --bundle` can use
 `open_cuda` on a machine without onnxruntime.

@@ -38,15 +38,22 @@ class Job:
     skip_if: Path | None = None  # already made by another job (train.ae evaluates when the oracle exists)
 
 
-def plan(runs: Path, engines: Path, preset: str, oracle: Path) -> list[Job]:
+def expert_jobs(runs: Path, preset: str, oracle: Path) -> list[Job]:
+    """The oracle classifier and the sprites AE (with its evaluation) that every sprites task shares."""
     ae = runs / "attributes" / "ae"
     smoke = preset == "smoke"
-    jobs = [Job("oracle", ["train.classifier", "--data", "sprites", "--out", str(oracle),
+    return [Job("oracle", ["train.classifier", "--data", "sprites", "--out", str(oracle),
                            *(["--steps", "30"] if smoke else [])]),
             Job("ae", ["train.ae", "--task", "attributes", "--preset", preset, "--out", str(ae), "--threads", "1"],
                 resume=ae / "checkpoint.safetensors"),
             Job("ae-eval", ["train.ae", "--eval", "--out", str(ae), "--oracle", str(oracle), "--threads", "1"],
                 ("ae", "oracle"), skip_if=ae / "eval.json")]
+
+
+def plan(runs: Path, engines: Path, preset: str, oracle: Path) -> list[Job]:
+    ae = runs / "attributes" / "ae"
+    smoke = preset == "smoke"
+    jobs = expert_jobs(runs, preset, oracle)
     biggan = "random:tiny" if smoke else "random:biggan-deep-128"
     for task in TASKS:
         extra = ["--biggan", biggan] if task == "bert2biggan" else ["--ae", str(ae)]
@@ -54,8 +61,8 @@ def plan(runs: Path, engines: Path, preset: str, oracle: Path) -> list[Job]:
         models = ("cinn",) if task == "bert2biggan" else ("cinn", "mlp")
         for model in models:
             run = runs / task / model
-            jobs.append(Job(f"{task}-{model}", ["train.cinn", "--task", task, "--model", model, "--preset", preset,
-                                                "--out", str(run), *extra], deps, resume=run / "checkpoint.safetensors"))
+            argv = ["train.cinn", "--task", task, "--model", model, "--preset", preset, "--out", str(run), *extra]
+            jobs.append(Job(f"{task}-{model}", argv, deps, resume=run / "checkpoint.safetensors"))
         run = runs / task / "cinn"
         evaluate = ["train.evaluate", "--run", str(run), "--json", "--oracle", str(oracle)]
         if task != "bert2biggan":

@@ -4,6 +4,8 @@
     python -m train.ae --task attributes --preset smoke --out /tmp/ae
     python -m train.ae --data folder --data-root PATH --out runs/faces/ae
     python -m train.ae --eval --out runs/attributes/ae         # only evaluate a finished run
+    python -m train.ae --task superres --size 16 --preset small --out runs/superres/ae_lowres
+    python -m train.ae --task unpaired --style union --init runs/attributes/ae --steps 1500 --lr 5e-4
 
 Loss (Eq. 14, 16-18), per pixel:  L1(y, ŷ)·w / γ + log γ  +  kl_weight · KL(q(z|y) ‖ N(0, I))
   [+ disc_weight · λ · L_GAN with the adaptive λ of Eq. 17 once step >= disc_start].
@@ -19,6 +21,7 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torchvision.utils import save_image
@@ -66,21 +69,29 @@ PRESETS: dict[str, tuple[AEConfig, TrainConfig]] = {
                        embed_dim=8, mlp_hidden=32),
               TrainConfig(steps=6, batch_size=8, warmup=2, log_every=2, grid_every=3, ckpt_every=3)),
     "default": (AEConfig(), TrainConfig()),
+    # two stages for 16-32 px images (e.g. the low-res expert f of superres, Fig. 4); ~1.5 min on one thread
+    "small": (AEConfig(latent_dim=32, enc_channels=(32, 64), dec_channels=(64, 32), num_classes=64, embed_dim=32,
+                       mlp_hidden=64), TrainConfig(steps=3000)),
 }
 
 
 class SpriteBatches:
     """Training sprites rendered on the fly: images (N,3,H,W) in [-1, 1] and silhouettes (N,1,H,W)."""
 
-    def __init__(self, size: int):
+    def __init__(self, size: int, style: str | None = None):
         from train.data.sprites import SPLITS
 
         self.size, self.count = size, SPLITS["train"][1] - SPLITS["train"][0]
+        self.style = style      # None/"flat", "textured", or "union": half of every batch textured
 
     def __call__(self, n: int, gen: torch.Generator):
         from train.data.sprites import render_batch, to_tensor
 
-        images, _, masks = render_batch(torch.randint(self.count, (n,), generator=gen).tolist(), "train", self.size)
+        idx = torch.randint(self.count, (n,), generator=gen).tolist()
+        n_tex = {"textured": n, "union": n // 2}.get(self.style, 0)
+        parts = [render_batch(idx[:n_tex], "train", self.size, "textured"),
+                 render_batch(idx[n_tex:], "train", self.size)]
+        images, masks = np.concatenate([p[0] for p in parts]), np.concatenate([p[2] for p in parts])
         return to_tensor(images), torch.from_numpy(masks).float()[:, None]
 
 
@@ -97,9 +108,9 @@ class DatasetBatches:
         return torch.stack([self.dataset[i]["image"] for i in idx]), None
 
 
-def make_batches(data: str, root: str | None, attr_csv: str | None, size: int):
+def make_batches(data: str, root: str | None, attr_csv: str | None, size: int, style: str | None = None):
     if data == "sprites":
-        return SpriteBatches(size)
+        return SpriteBatches(size, style)
     if root is None:
         raise UserError(f"--data {data} needs --data-root PATH")
     from train.data.folders import AttributeFolderDataset, CelebADataset, ImageFolderDataset
@@ -135,8 +146,9 @@ def save_grid(model: Autoencoder, images: torch.Tensor, path: Path, seed: int) -
 
 
 def train(model_cfg: AEConfig, cfg: TrainConfig, batches, out_dir: str | Path, resume: bool = False,
-          run_info: dict | None = None) -> Autoencoder:
-    """Train g into out_dir (config.json, checkpoint.safetensors, metrics.csv, grids/); returns it in eval mode."""
+          run_info: dict | None = None, init: str | Path | None = None) -> Autoencoder:
+    """Train g into out_dir (config.json, checkpoint.safetensors, metrics.csv, grids/); returns it in eval mode.
+    `init`: start from the weights of that AE run (same model settings), i.e. fine-tune it."""
     out = Path(out_dir)
     ckpt = out / "checkpoint.safetensors"
     config = {"kind": "autoencoder", "model": model_cfg.to_dict(), "train": asdict(cfg), **(run_info or {})}
@@ -150,6 +162,12 @@ def train(model_cfg: AEConfig, cfg: TrainConfig, batches, out_dir: str | Path, r
 
     seed_everything(cfg.seed)
     model = Autoencoder(model_cfg)
+    if init and not resume:
+        source = load_autoencoder(init)
+        if source.cfg != model_cfg:
+            raise UserError(f"--init: {init} has model settings {source.cfg.to_dict()}, not those of this run; "
+                            f"pick the matching --preset/--size")
+        model.load_state_dict(source.state_dict())
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.betas)
     disc = PatchDiscriminator() if cfg.disc_weight > 0 else None
     opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr, betas=cfg.betas) if disc else None
@@ -285,6 +303,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-root", help="CelebA root or image folder (--data celeba|folder)")
     p.add_argument("--attr-csv", help="attribute CSV for --data folder (optional; images only are used)")
     p.add_argument("--size", type=int, default=64, help="image side in pixels (default %(default)s)")
+    p.add_argument("--style", choices=["flat", "textured", "union"], default="flat",
+                   help="sprites: flat, textured, or their union (half of every batch each; default %(default)s)")
+    p.add_argument("--init", help="start from the weights of this AE run (same settings): fine-tuning")
     p.add_argument("--out", help="run folder (default runs/<task>/ae)")
     p.add_argument("--steps", type=int, help="optimizer steps (default from the preset)")
     p.add_argument("--batch-size", type=int)
@@ -312,9 +333,13 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError("--steps, --batch-size and --lr must be positive")
     if args.data != "folder" and args.attr_csv:
         raise UserError("--attr-csv only applies to --data folder")
-    batches = make_batches(args.data, args.data_root, args.attr_csv, args.size)
+    if args.data != "sprites" and args.style != "flat":
+        raise UserError("--style only applies to --data sprites")
+    batches = make_batches(args.data, args.data_root, args.attr_csv, args.size, args.style)
     info = {"task": args.task, "preset": args.preset, "data": args.data, "data_root": args.data_root}
-    train(model_cfg, cfg, batches, out, resume=args.resume, run_info=info)
+    if args.style != "flat" or args.init:
+        info.update(style=args.style, init=args.init)
+    train(model_cfg, cfg, batches, out, resume=args.resume, run_info=info, init=args.init)
     if args.data == "sprites" and Path(args.oracle, "checkpoint.safetensors").is_file():
         try:
             report(out, args.eval_images, args.oracle)

@@ -250,12 +250,15 @@ def load_autoencoder(run_dir: str | Path) -> Autoencoder:
     return model.eval().requires_grad_(False)
 
 
-def ensure_autoencoder(run_dir: str | Path = "runs/attributes/ae", preset: str = "default") -> Autoencoder:
-    """Load the trained autoencoder, training it first (on sprites, with `preset`) when the run is missing."""
+def ensure_autoencoder(run_dir: str | Path = "runs/attributes/ae", preset: str = "default",
+                       train_args: tuple[str, ...] = ()) -> Autoencoder:
+    """Load the trained autoencoder, training it first (on sprites, with `preset` and further
+    `python -m train.ae` options `train_args`, e.g. ("--size", "16")) when the run is missing."""
     run_dir = Path(run_dir)
     if not (run_dir / "checkpoint.safetensors").is_file():
         from train.ae import main as train_ae  # the trainer imports this module
 
-        print(f"no autoencoder in {run_dir}; training one now (preset '{preset}')")
-        train_ae(["--preset", preset, "--out", str(run_dir)])
+        extra = f" {' '.join(train_args)}" if train_args else ""
+        print(f"no autoencoder in {run_dir}; training one now (preset '{preset}'{extra})")
+        train_ae(["--preset", preset, "--out", str(run_dir), *train_args])
     return load_autoencoder(run_dir)

@@ -68,7 +68,7 @@ def main(argv=None):
     task = load_all()[args.task]
     source, info = task.make_source(args)
     model_cfg, tcfg = resolve_configs(args, task, source.cond_shape, source.target_dim)
-    out = args.out or f"runs/{args.task}/{args.model}"
+    out = args.out or (task.default_out(args) if task.default_out else f"runs/{args.task}/{args.model}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError("--device cuda requested but no CUDA device is available; use --device cpu")
     print(f"task {args.task}: zΦ {tuple(source.cond_shape)} -> zΘ ({source.target_dim},), model {args.model}, "

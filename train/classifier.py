@@ -39,6 +39,14 @@ from train.data import ATTRIBUTES, GROUPS
 from train.data.sprites import SPLITS, render_batch, to_tensor
 
 DEFAULT_RUN = "runs/sprites/classifier"
+# Targets beyond the 13 attributes: "textured", the renderer's style (the domain label of unpaired, Sec. D).
+TARGETS = [*ATTRIBUTES, "textured"]
+
+
+def labels(attributes: np.ndarray, textured: bool, names: list[str]) -> np.ndarray:
+    """The columns `names` of [attributes | textured] for renders that all share one style."""
+    full = np.concatenate([attributes, np.full((len(attributes), 1), float(textured), np.float32)], 1)
+    return full[:, [TARGETS.index(n) for n in names]]
 
 
 class AttributeNet(nn.Module):
@@ -154,12 +162,14 @@ def load_oracle(run_dir: str | Path = DEFAULT_RUN) -> Oracle:
     return Oracle(model, config)
 
 
-def ensure_oracle(run_dir: str | Path = DEFAULT_RUN, size: int = 64) -> Oracle:
-    """Load the oracle, training it first with the default recipe when the run is missing."""
+def ensure_oracle(run_dir: str | Path = DEFAULT_RUN, size: int = 64, train_args: tuple[str, ...] = ()) -> Oracle:
+    """Load the oracle, training it first when the run is missing: the default recipe, changed by the
+    `python -m train.classifier` options `train_args` (e.g. ("--attributes", "textured"))."""
     run_dir = Path(run_dir)
     if not (run_dir / "checkpoint.safetensors").is_file():
-        print(f"no oracle classifier in {run_dir}; training one now (size {size}, a few minutes)")
-        main(["--data", "sprites", "--out", str(run_dir), "--size", str(size)])
+        extra = f" {' '.join(train_args)}" if train_args else ""
+        print(f"no classifier in {run_dir}; training one now (size {size}{extra}, a few minutes)")
+        main(["--data", "sprites", "--out", str(run_dir), "--size", str(size), *train_args])
     oracle = load_oracle(run_dir)
     if oracle.size != size:
         raise UserError(f"the oracle in {run_dir} reads {oracle.size}px images, not {size}px; "
@@ -170,13 +180,12 @@ def ensure_oracle(run_dir: str | Path = DEFAULT_RUN, size: int = 64) -> Oracle:
 def evaluate(oracle: Oracle, count: int) -> dict:
     """Per-attribute accuracy on the first `count` test renders: clean, blurred (sigma 1 px at 64)
     and textured."""
-    cols = [ATTRIBUTES.index(a) for a in oracle.attributes]
     images, attrs, _ = render_batch(range(count), "test", oracle.size)
     textured, _, _ = render_batch(range(count), "test", oracle.size, style="textured")
     blurred = blur(to_tensor(images), oracle.size / 64)
     result = {}
     for name, inputs in (("clean", images), ("blurred", blurred), ("textured", textured)):
-        correct = (oracle.predict(inputs) == attrs[:, cols]).mean(0)
+        correct = (oracle.predict(inputs) == labels(attrs, name == "textured", oracle.attributes)).mean(0)
         result[name] = {"mean": float(correct.mean()),
                         "per_attribute": dict(zip(oracle.attributes, map(float, correct)))}
     result["count"] = count
@@ -193,15 +202,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=64, help="image side in pixels (default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--attributes", default=",".join(ATTRIBUTES),
-                   help="comma-separated targets, a subset of the 13 sprite attributes (default all)")
+                   help="comma-separated targets, a subset of the 13 sprite attributes and 'textured' "
+                        "(the style: a flat-vs-textured domain classifier) (default the 13 attributes)")
     p.add_argument("--textured-frac", type=float, default=0.25, help="share of textured training sprites")
     p.add_argument("--eval-count", type=int, default=2000, help="test renders for eval.json")
     args = p.parse_args(argv)
 
     attributes = [a.strip() for a in args.attributes.split(",") if a.strip()]
-    unknown = [a for a in attributes if a not in ATTRIBUTES]
+    unknown = [a for a in attributes if a not in TARGETS]
     if unknown or not attributes or len(set(attributes)) != len(attributes):
-        raise UserError(f"--attributes must be distinct names from: {', '.join(ATTRIBUTES)} "
+        raise UserError(f"--attributes must be distinct names from: {', '.join(TARGETS)} "
                         f"(got {unknown or attributes})")
     if args.steps < 1 or args.batch_size < 2 or args.eval_count < 1:
         raise UserError("--steps and --eval-count must be >= 1 and --batch-size >= 2")
@@ -219,7 +229,6 @@ def main(argv: list[str] | None = None) -> int:
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.1)
     log = MetricsLog(out / "metrics.csv", ["step", "loss", "accuracy", "lr", "seconds"])
-    cols = [ATTRIBUTES.index(a) for a in attributes]
     rng = np.random.default_rng(args.seed)
     n_train = SPLITS["train"][1] - SPLITS["train"][0]
     n_textured = int(round(args.batch_size * args.textured_frac))
@@ -231,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         flat, y_flat, _ = render_batch(idx[n_textured:], "train", args.size)
         tex, y_tex, _ = render_batch(idx[:n_textured], "train", args.size, style="textured")
         x = augment(to_tensor(np.concatenate([tex, flat])), g)
-        y = torch.from_numpy(np.concatenate([y_tex, y_flat])[:, cols])
+        y = torch.from_numpy(np.concatenate([labels(y_tex, True, attributes), labels(y_flat, False, attributes)]))
         logits = model(x)
         loss = F.binary_cross_entropy_with_logits(logits, y)
         opt.zero_grad(set_to_none=True)

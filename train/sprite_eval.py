@@ -199,6 +199,15 @@ def evaluate_text(translator, oracle, config, n: int, seed: int, captions_file: 
     return result
 
 
+def mlp_baseline(run: Path, translator: Translator, one) -> dict:
+    """{"mlp": one(MLP translator)} for the MLP baseline (Sec. E) beside the run (RUN/../mlp), if trained."""
+    mlp_dir = run.parent / "mlp"
+    if not (mlp_dir / "checkpoint.safetensors").is_file():
+        return {"mlp": None, "mlp_note": f"no MLP run in {mlp_dir}; train one with --model mlp"}
+    mlp, _ = load_translator(mlp_dir)
+    return {"mlp": one(Translator(mlp, translator.ae, translator.ae_dir))}
+
+
 def evaluate_run(args) -> dict:
     """`python -m train.evaluate --task attributes|text2image --run runs/<task>/cinn --json`."""
     from train.classifier import ensure_oracle
@@ -212,15 +221,8 @@ def evaluate_run(args) -> dict:
             return evaluate_attributes(t, oracle, n, args.seed)
         return evaluate_text(t, oracle, config, n, args.seed, args.captions)
 
-    result = {"task": config["task"], "run": str(run), "num_images": n, **one(translator)}
-    mlp_dir = run.parent / "mlp"
-    if (mlp_dir / "checkpoint.safetensors").is_file():
-        mlp, _ = load_translator(mlp_dir)
-        baseline = Translator(mlp, translator.ae, config["ae"])
-        result["mlp"] = one(baseline)
-    else:
-        result["mlp"] = None
-        result["mlp_note"] = f"no MLP run in {mlp_dir}; train one with --model mlp"
+    result = {"task": config["task"], "run": str(run), "num_images": n, **one(translator),
+              **mlp_baseline(run, translator, one)}
     if args.captions and config["task"] != "text2image":
         raise UserError("--captions applies to text tasks only")
     return result

@@ -50,13 +50,18 @@ class TensorPairs:
         return self.cond[idx], self.target[idx]
 
     def statistics(self):
-        c, z = self.cond[self.train_idx], self.target[self.train_idx]
-        # spatial conditions are standardised per channel, vectors per dim
-        dims = (0, 2, 3) if c.dim() == 4 else (0,)
-        cm, cs = c.mean(dims, keepdim=True)[0], c.std(dims, keepdim=True)[0]
-        if c.dim() == 4:
-            cm, cs = cm.expand(self.cond_shape), cs.expand(self.cond_shape)
-        return cm, cs, z.mean(0), z.std(0)
+        z = self.target[self.train_idx]
+        return (*condition_statistics(self.cond[self.train_idx]), z.mean(0), z.std(0))
+
+
+def condition_statistics(c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std of conditions (N, *cond_shape) in cond_shape: spatial conditions (N, C, H, W) are
+    standardised per channel, vectors per dim."""
+    dims = (0, 2, 3) if c.dim() == 4 else (0,)
+    cm, cs = c.mean(dims, keepdim=True)[0], c.std(dims, keepdim=True)[0]
+    if c.dim() == 4:
+        cm, cs = cm.expand(c.shape[1:]), cs.expand(c.shape[1:])
+    return cm, cs
 
 
 @dataclass
@@ -83,6 +88,7 @@ class Task:
     experts: Callable[[dict], Experts] | None = None
     after_training: Callable | None = None
     evaluate: Callable | None = None
+    default_out: Callable[[argparse.Namespace], str] | None = None   # run folder when --out is not given
 
 
 def add_arg_once(ap: argparse.ArgumentParser, *flags, **kwargs) -> None:
@@ -127,6 +133,9 @@ register(Task("features", "any two aligned feature files (the plug-and-play case
 TASK_MODULES = [
     "train.tasks_sprites",
     "train.tasks_biggan",
+    "train.tasks_spatial",
+    "train.tasks_diagnosis",
+    "train.tasks_domains",
 ]
 
 

@@ -21,9 +21,9 @@ from tqdm import tqdm
 from train.common import load_tensors, progress_interval, save_tensors
 from train.data import ATTRIBUTES
 from train.data.captions import make_caption
-from train.data.sprites import SPLITS, render_batch, to_tensor
+from train.data.sprites import SPLITS, area_downsample, render_batch, to_tensor
 from train.experts import TextEncoder, freeze
-from train.tasks import Experts, Task, add_arg_once, register
+from train.tasks import Experts, Task, add_arg_once, condition_statistics, register
 
 DEFAULT_AE = "runs/attributes/ae"
 
@@ -44,29 +44,36 @@ SPRITE_PRESETS = {
 }
 
 
-def load_ae(run_dir: str, preset: str = "default"):
+def load_ae(run_dir: str, preset: str = "default", train_args: tuple[str, ...] = ()):
     from train.autoencoder import ensure_autoencoder  # trains it first (and says so) when missing
-    return freeze(ensure_autoencoder(run_dir, preset=preset))
+    return freeze(ensure_autoencoder(run_dir, preset=preset, train_args=train_args))
 
 
 @torch.no_grad()
-def encode_images(ae, images_uint8: np.ndarray, batch: int = 256) -> torch.Tensor:
-    x = to_tensor(images_uint8)
+def encode_images(ae, images, batch: int = 256) -> torch.Tensor:
+    """Θ of uint8 (N,H,W,3) images or of float (N,3,H,W) tensors in [-1, 1]."""
+    x = images if torch.is_tensor(images) and images.is_floating_point() else to_tensor(images)
     return torch.cat([ae.encode(x[i:i + batch]) for i in range(0, len(x), batch)])
 
 
-def sprite_latents(ae_dir: str, ae, split: str, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(attributes, Θ(y)) for the first `count` renders of `split`, cached in AE_RUN/latents/."""
-    path = Path(ae_dir) / "latents" / f"{split}_{count}.safetensors"
+def sprite_latents(ae_dir: str, ae, split: str, count: int, style: str | None = None, offset: int = 0,
+                   render_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(attributes, Θ(y)) for `count` renders of `split` from index `offset` on, cached in AE_RUN/latents/.
+    `style` picks the renderer's look; with `render_size` the sprites are rendered at that size and
+    area-averaged down to the AE's (the low-res inputs of superres)."""
+    render_size = render_size or ae.image_size
+    tag = (f"_{style}" if style else "") + (f"_at{offset}" if offset else "") + (
+        f"_from{render_size}" if render_size != ae.image_size else "")
+    path = Path(ae_dir) / "latents" / f"{split}_{count}{tag}.safetensors"
     if path.is_file():
         t = load_tensors(path)
         return t["attributes"], t["z"]
     attrs, zs = [], []
-    start = SPLITS[split][0]
+    start = SPLITS[split][0] + offset
     for i in tqdm(range(0, count, 1000), desc=f"encode {split} renders", mininterval=progress_interval()):
-        images, a, _ = render_batch(range(start + i, start + min(count, i + 1000)), split, ae.image_size)
+        images, a, _ = render_batch(range(start + i, start + min(count, i + 1000)), split, render_size, style)
         attrs.append(torch.from_numpy(a))
-        zs.append(encode_images(ae, images))
+        zs.append(encode_images(ae, area_downsample(to_tensor(images), ae.image_size)))
     out = {"attributes": torch.cat(attrs), "z": torch.cat(zs)}
     save_tensors(path, out)
     return out["attributes"], out["z"]
@@ -97,9 +104,10 @@ class SpritePairs:
     """PairSource: (zΦ, Θ(y)) with zΦ = attributes or caption embeddings (one of a pool per image)."""
 
     def __init__(self, cond: torch.Tensor, z: torch.Tensor, val_cond: torch.Tensor, val_z: torch.Tensor):
-        # cond: (N, K, c) — K alternative conditions per image (K = 1 for attributes)
+        # cond: (N, K, *cond_shape) — K alternative conditions per image (K = 1 for attributes);
+        # cond_shape (c,) for vectors, (C, H, W) for spatial conditions
         self.cond, self.z, self.val = cond, z, (val_cond, val_z)
-        self.cond_shape = (cond.shape[-1],)
+        self.cond_shape = tuple(cond.shape[2:])
         self.target_dim = z.shape[1]
 
     def batch(self, size: int, generator: torch.Generator):
@@ -111,8 +119,7 @@ class SpritePairs:
         return self.val
 
     def statistics(self):
-        c = self.cond.reshape(-1, self.cond.shape[-1])
-        return c.mean(0), c.std(0), self.z.mean(0), self.z.std(0)
+        return (*condition_statistics(self.cond.flatten(0, 1)), self.z.mean(0), self.z.std(0))
 
 
 def _sprite_args(ap: argparse.ArgumentParser) -> None:

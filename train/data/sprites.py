@@ -210,6 +210,15 @@ def to_uint8(images_tensor) -> np.ndarray:
     return ((x.clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
+def area_downsample(images: torch.Tensor, size: int) -> torch.Tensor:
+    """(N,3,H,W) float -> (N,3,size,size), each output pixel the mean of its (H/size)² block (area
+    averaging; H must be a multiple of size). The degradation of the superres task (Fig. 4)."""
+    factor = images.shape[-1] // size
+    if factor < 1 or factor * size != images.shape[-1] or images.shape[-2] != images.shape[-1]:
+        raise ValueError(f"cannot area-downsample {tuple(images.shape[-2:])} images to {size}x{size}")
+    return torch.nn.functional.avg_pool2d(images, factor) if factor > 1 else images
+
+
 class SpritesDataset(torch.utils.data.Dataset):
     """Sprites rendered on the fly. Item i is `render(i, split)`; nothing is cached.
 

@@ -1,0 +1,39 @@
+"""Fixtures shared by the sprites task tests: a smoke-preset autoencoder and a 5-step oracle (seconds each).
+The real runs are far better; the plumbing under test is the same."""
+import pytest
+
+
+@pytest.fixture(scope="session")
+def ae_run(tmp_path_factory):
+    from train.ae import main as train_ae
+    out = tmp_path_factory.mktemp("ae") / "ae"
+    train_ae(["--preset", "smoke", "--out", str(out)])
+    return out
+
+
+@pytest.fixture(scope="session")
+def oracle_run(tmp_path_factory):
+    from train.classifier import main as train_oracle
+    out = tmp_path_factory.mktemp("oracle") / "oracle"
+    train_oracle(["--data", "sprites", "--out", str(out), "--steps", "5"])
+    return out
+
+
+@pytest.fixture
+def train_smoke(ae_run):
+    """train_smoke(task, root, *extra) -> root/task/cinn: a smoke cINN and MLP beside it, on the smoke AE,
+    checking that training left the frozen AE bit-identical."""
+    import torch
+
+    from train import cinn
+    from train.common import load_tensors
+
+    def run(task, root, *extra):
+        before = load_tensors(ae_run / "checkpoint.safetensors")
+        for model in ("cinn", "mlp"):
+            cinn.main(["--task", task, "--preset", "smoke", "--ae", str(ae_run), "--out", str(root / task / model),
+                       "--model", model, *extra])
+        after = load_tensors(ae_run / "checkpoint.safetensors")
+        assert all(torch.equal(before[k], after[k]) for k in before)          # the AE never changed
+        return root / task / "cinn"
+    return run
