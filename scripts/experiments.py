@@ -26,6 +26,7 @@ from pathlib import Path
 
 from demo import ROOT, Job, Scheduler, expert_jobs
 
+LAYERS = ("early", "middle", "last")     # train.tasks_diagnosis.LAYERS, without importing torch here
 TASKS = ("superres", "unpaired", "exemplar", "shape", "diagnosis")
 # the headline keys of each evaluation (issue 6), MLP beside them where the task has one
 KEYS = {"superres": ["consistency_psnr", "diversity", "attribute_agreement"],
@@ -71,8 +72,8 @@ def summary_table(runs: Path, state: Path, tasks: list[str]) -> list[str]:
     for task in tasks:
         if task == "diagnosis":
             summary = json.loads((runs / "diagnosis" / "summary.json").read_text())
-            parts = [f"{kind}: mean invariance " + ", ".join(f"{layer} {v:.2f}" for layer, v in
-                                                             f["mean_invariance"].items())
+            parts = [f"{kind}: mean invariance " + ", ".join(f"{layer} {f['mean_invariance'][layer]:.2f}"
+                                                             for layer in LAYERS if layer in f["mean_invariance"])
                      + f" (grows with depth: {'yes' if f['grows_with_depth'] else 'no'})"
                      for kind, f in summary["finding"].items()]
             lines.append(f"| diagnosis | {'; '.join(parts)} | {summary['total_seconds']:.0f} (all runs) |")
