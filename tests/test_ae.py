@@ -152,3 +152,13 @@ def test_evaluate_ae_with_a_tiny_oracle(tmp_path):
     assert result["psnr"] > 0 and result["num_images"] == 6
     assert main(["--eval", "--out", str(tmp_path / "ae"), "--oracle", str(tmp_path / "clf"), "--eval-images", "6"]) == 0
     assert json.loads((tmp_path / "ae" / "eval.json").read_text()) == result
+
+
+def test_outline_band_marks_only_the_silhouette_edge():
+    from train.ae import outline_band
+    mask = torch.zeros(1, 1, 9, 9)
+    mask[..., 2:7, 2:7] = 1                                  # a 5×5 square
+    band = outline_band(mask)
+    assert band[0, 0, 4, 4] == 0 and band[0, 0, 0, 0] == 0   # deep inside, far outside
+    assert band[0, 0, 2, 2] == 1 and band[0, 0, 1, 4] == 1   # on the outline, just outside it
+    assert band.sum() == 7 * 7 - 3 * 3                       # dilated square minus eroded square

@@ -42,6 +42,12 @@ def test_deterministic_across_calls_and_entry_points(batch):
     assert all(x.tobytes() == y.tobytes() for x, y in zip(batch, again))
 
 
+def test_attributes_without_drawing_match_the_renders():
+    from train.data.sprites import sprite_attributes
+    for split, idx in (("train", range(5, 25)), ("test", [0, 3, 1_010_007])):
+        assert np.array_equal(sprite_attributes(idx, split), render_batch(idx, split, 16)[1])
+
+
 def test_shapes_dtypes_and_sizes():
     for size in (32, 64, 128):
         s = render(3, "val", size)

@@ -79,6 +79,17 @@ def test_bad_captions_file_names_the_line(ae_run, oracle_run, tmp_path):
     assert p.returncode == 2 and "caps.jsonl:2:" in p.stderr and "Traceback" not in p.stderr, p.stderr
 
 
+def test_caption_embeddings_are_prepared_without_the_ae(tmp_path):
+    # the demo embeds text2image's captions while the AE trains; the later training must hit that cache
+    ae = tmp_path / "nothing-here" / "ae"
+    p = subprocess.run([sys.executable, "-m", "train.tasks_sprites", "--embed-captions", "--preset", "smoke",
+                        "--ae", str(ae)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert not ae.exists()
+    cached = list((tmp_path / "nothing-here" / "captions").glob("captions_*_256x2_s0.safetensors"))
+    assert len(cached) == 1
+
+
 def test_caption_cache_is_keyed_by_the_texts(tmp_path):
     from train.tasks_sprites import embed_captions
 

@@ -9,9 +9,11 @@
 
 Loss (Eq. 14, 16-18), per pixel:  L1(y, ŷ)·w / γ + log γ  +  kl_weight · KL(q(z|y) ‖ N(0, I))
   [+ disc_weight · λ · L_GAN with the adaptive λ of Eq. 17 once step >= disc_start].
-w = 1 + mask_weight on the object's silhouette (sprites only; the renderer gives the mask): the
+w = 1 + mask_weight·silhouette + edge_weight·edge (sprites only; the renderer gives the mask): the
 object covers ~10-35 % of a sprite, and without the weight a small CPU model spends its capacity
-on the background first. A plain loss re-weighting; nothing about the data changes.
+on the background first; `edge` is a 3-pixel band around the silhouette's outline, where shape
+lives (a small square and a small circle differ only at their corners). A plain loss
+re-weighting; nothing about the data changes.
 """
 from __future__ import annotations
 
@@ -56,6 +58,7 @@ class TrainConfig:
     grad_clip: float = 5.0
     kl_weight: float = 1e-5        # on KL summed over z (nats per sample) vs the per-pixel L1 NLL
     mask_weight: float = 4.0       # extra L1 weight on the object's silhouette (sprites)
+    edge_weight: float = 0.0       # extra L1 weight on a band around the silhouette's outline (sprites)
     disc_weight: float = 0.0       # 0 = no discriminator (CPU presets)
     disc_start: int = 0            # step at which the GAN loss switches on
     log_every: int = 25
@@ -68,7 +71,10 @@ PRESETS: dict[str, tuple[AEConfig, TrainConfig]] = {
     "smoke": (AEConfig(latent_dim=16, enc_channels=(8, 16, 16), dec_channels=(16, 16, 8), num_classes=16,
                        embed_dim=8, mlp_hidden=32),
               TrainConfig(steps=6, batch_size=8, warmup=2, log_every=2, grid_every=3, ckpt_every=3)),
-    "default": (AEConfig(), TrainConfig()),
+    # 2000 steps with the outline weight: the demo's 30-minute budget (issue 9) allows ~12 min of AE training;
+    # at 2000 steps edge_weight 8 lifts oracle agreement on circles/squares/triangles from 0.72/0.63/0.86 to
+    # 0.82/0.77/0.94 (measured 2026-11-30; 4000 steps without it: 0.86/0.85/0.99)
+    "default": (AEConfig(), TrainConfig(steps=2000, edge_weight=8.0)),
     # two stages for 16-32 px images (e.g. the low-res expert f of superres, Fig. 4); ~1.5 min on one thread
     "small": (AEConfig(latent_dim=32, enc_channels=(32, 64), dec_channels=(64, 32), num_classes=64, embed_dim=32,
                        mlp_hidden=64), TrainConfig(steps=3000)),
@@ -120,6 +126,11 @@ def make_batches(data: str, root: str | None, attr_csv: str | None, size: int, s
     return DatasetBatches(AttributeFolderDataset(root, attr_csv, size) if attr_csv else ImageFolderDataset(root, size))
 
 
+def outline_band(mask: torch.Tensor) -> torch.Tensor:
+    """1 on pixels within one pixel of the silhouette's outline (dilation minus erosion), else 0."""
+    return F.max_pool2d(mask, 3, 1, 1) + F.max_pool2d(-mask, 3, 1, 1)
+
+
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     """PSNR in dB of images in [-1, 1], measured on the [0, 1] scale."""
     mse = ((a.clamp(-1, 1) - b.clamp(-1, 1)) / 2).pow(2).mean().item()
@@ -168,6 +179,7 @@ def train(model_cfg: AEConfig, cfg: TrainConfig, batches, out_dir: str | Path, r
             raise UserError(f"--init: {init} has model settings {source.cfg.to_dict()}, not those of this run; "
                             f"pick the matching --preset/--size")
         model.load_state_dict(source.state_dict())
+    model.to(memory_format=torch.channels_last)   # ~15 % faster convolutions on the CPU (measured, 1 thread)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.betas)
     disc = PatchDiscriminator() if cfg.disc_weight > 0 else None
     opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr, betas=cfg.betas) if disc else None
@@ -211,7 +223,7 @@ def train(model_cfg: AEConfig, cfg: TrainConfig, batches, out_dir: str | Path, r
                 g["lr"] = lr
         x, mask = batches(cfg.batch_size, gen)
         recon, mu, logvar = model(x)
-        weight = 1.0 if mask is None else 1.0 + cfg.mask_weight * mask
+        weight = 1.0 if mask is None else 1.0 + cfg.mask_weight * mask + cfg.edge_weight * outline_band(mask)
         l1 = ((recon - x).abs() * weight).mean()
         rec_loss = l1 / model.log_gamma.exp() + model.log_gamma                       # Eq. 18
         kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(1).mean()
@@ -250,7 +262,7 @@ def train(model_cfg: AEConfig, cfg: TrainConfig, batches, out_dir: str | Path, r
     print(f"done: {cfg.steps - start} steps in {elapsed:.1f}s wall, {cpu:.1f}s CPU, {torch.get_num_threads()} "
           f"threads ({(cfg.steps - start) / max(elapsed, 1e-9):.2f} steps/s, {seen / max(elapsed, 1e-9):.1f} "
           f"images/s); checkpoint {ckpt}")
-    return model.eval()
+    return model.to(memory_format=torch.contiguous_format).eval()   # as load_autoencoder gives it
 
 
 @torch.no_grad()
@@ -310,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, help="optimizer steps (default from the preset)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
+    p.add_argument("--edge-weight", type=float, help="sprites: extra loss weight on the silhouette outline")
     p.add_argument("--seed", type=int)
     p.add_argument("--threads", type=int, help="torch CPU threads (default torch's choice; 1 is best on a busy CPU)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
@@ -327,7 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     model_cfg, cfg = PRESETS[args.preset]
     model_cfg = replace(model_cfg, image_size=args.size)
     model_cfg.check()
-    overrides = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed}
+    overrides = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
+                 "edge_weight": args.edge_weight}
     cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
     if cfg.steps < 1 or cfg.batch_size < 1 or cfg.lr <= 0:
         raise UserError("--steps, --batch-size and --lr must be positive")

@@ -197,6 +197,13 @@ def render_batch(indices, split: str = "train", size: int = 64,
     return images, attributes, masks
 
 
+def sprite_attributes(indices, split: str = "train") -> np.ndarray:
+    """Attributes (N,13) float32 of the sprites `render_batch` would draw, without drawing them."""
+    return np.stack([factors_to_attributes(_sample_factors(np.random.default_rng([_SPLIT_IDS[split],
+                                                                                 _global_id(i, split)])))
+                     for i in indices]).astype(np.float32).reshape(-1, len(ATTRIBUTES))
+
+
 def to_tensor(images_uint8) -> torch.Tensor:
     """(N,H,W,3) uint8 -> (N,3,H,W) float32 in [-1, 1]."""
     x = torch.as_tensor(np.asarray(images_uint8))
