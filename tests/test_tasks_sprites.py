@@ -49,9 +49,13 @@ def test_smoke_run_keeps_experts_frozen_and_evaluates(task, train_smoke, oracle_
     evaluate.main(["--run", str(out), "--num-images", "20", "--oracle", str(oracle_run), "--json"])
     result = json.loads(capsys.readouterr().out)
     keys = (["flip_success", "keep_rate", "recon_agreement", "probe_accuracy", "probe_baseline", "diversity"]
-            if task == "attributes" else ["heldout_attribute_accuracy", "diversity"])
+            if task == "attributes" else ["heldout_attribute_accuracy", "heldout_per_attribute", "diversity"])
     for key in keys:
         assert key in result and key in result["mlp"], key
+    if task == "text2image":
+        per = result["heldout_per_attribute"]
+        assert set(per) <= {"shape", "color", "size_large", "pos_left", "pos_top", "bg_dark", "style_outline"}
+        assert len(per) >= 5 and all(0.0 <= v <= 1.0 for v in per.values())
     assert result["mlp"]["diversity"] == pytest.approx(0.0, abs=1e-6)    # a deterministic MLP cannot vary
 
 

@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from train.common import UserError, atomic_write_json, run_cli
+from train.data.sprites import first_test_renders
 from train.grids import save_grid
-from train.tasks_diagnosis import CLASSIFIERS, LAYERS, SCORED, evaluate_run, load_run, sample_rows, test_renders
+from train.tasks_diagnosis import CLASSIFIERS, LAYERS, SCORED, evaluate_run, load_run, sample_rows
 from train.tasks_sprites import DEFAULT_AE
 
 
@@ -70,7 +71,7 @@ def combined_grid(runs: dict, path: Path, seed: int, num: int = 2, samples: int 
     for name, r in runs.items():
         for model in ("cinn", "mlp") if r["mlp"] else ("cinn",):
             translator, phi, _ = load_run(Path(r["run"]).parent / model)
-            images, _ = test_renders(phi.image_size, num, offset=3)
+            images, _, _ = first_test_renders(num, phi.image_size, offset=3)
             rows.append([img for row in sample_rows(translator, phi, images, samples, seed) for img in row])
             titles.append(f"{r['classifier']} classifier, {r['layer']} layer, {model.upper()}: "
                           f"mean invariance {r['invariance']['mean']:.2f}" if model == "cinn" else

@@ -18,7 +18,7 @@ import torch
 
 from train.common import UserError
 from train.data import ATTRIBUTES, GROUPS
-from train.data.sprites import SPLITS, render_batch, to_tensor, to_uint8
+from train.data.sprites import SPLITS, first_test_renders, to_tensor, to_uint8
 from train.grids import save_grid
 from train.sprite_eval import _diversity, load_task_run, mlp_baseline
 from train.tasks_spatial import deform, iou, mask_condition, read_mask
@@ -51,14 +51,6 @@ def _mean(scores: dict) -> float:
     return float(np.mean([v for v in scores.values() if v is not None]))
 
 
-def test_renders(count: int, size: int):
-    """The first `count` renders of the test split: images, attributes, masks."""
-    start, stop = SPLITS["test"]
-    if count > stop - start:
-        raise UserError(f"--num-images too large: the spatial tasks use 2 x N test renders, at most {stop - start}")
-    return render_batch(range(start, start + count), "test", size)
-
-
 def _tile(mask: torch.Tensor, size: int) -> np.ndarray:
     """A pooled mask (1, s, s) in [0, 1] as a grey (size, size, 3) uint8 tile."""
     up = torch.nn.functional.interpolate(mask[None], size=size, mode="nearest")[0]
@@ -72,7 +64,7 @@ def write_grids(run_dir: str | Path, num: int = 6, columns: int = 5, seed: int =
     translator, config = load_task_run(run_dir)
     out, size = Path(run_dir) / "grids", translator.ae.image_size
     print(f"writing grids to {out}/")
-    images, _, masks = test_renders(num + columns, size)
+    images, _, masks = first_test_renders(num + columns, size)
     blank = np.full_like(images[0], 255)
     top = [images[num + j] for j in range(columns)]
     if config["task"] == "exemplar":
@@ -148,7 +140,7 @@ def evaluate_run(args) -> dict:
         raise UserError(f"{run} is a run of task '{config.get('task')}', not exemplar or shape")
     size, n = translator.ae.image_size, args.num_images
     oracle = ensure_oracle(args.oracle, size)
-    images, attrs, masks = test_renders(2 * n, size)
+    images, attrs, masks = first_test_renders(2 * n, size)
     result = {"task": config["task"], "run": str(run), "num_pairs": n}
     if config["task"] == "exemplar":
         def one(t):

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from train.common import UserError, load_tensors, progress_interval, save_tensors
 from train.data import ATTRIBUTES, GROUPS
-from train.data.sprites import SPLITS, render_batch, to_tensor, to_uint8
+from train.data.sprites import SPLITS, first_test_renders, render_batch, to_tensor, to_uint8
 from train.tasks import Experts, Task, TensorPairs, add_arg_once, register
 from train.tasks_sprites import DEFAULT_AE, AEDecoderStage, AEEncoderStage, load_ae, sprite_latents
 
@@ -157,12 +157,6 @@ def load_run(run_dir: str | Path):
     return translator, _experts(config).source_encoder, config
 
 
-def test_renders(size: int, count: int, offset: int = 0):
-    start = SPLITS["test"][0] + offset
-    images, attrs, _ = render_batch(range(start, start + count), "test", size)
-    return images, attrs
-
-
 def sample_rows(translator, phi: LayerFeatures, images: np.ndarray, samples: int, seed: int) -> list[list]:
     """One row per image: the input x, then Λ(τ(v|Φ(x))) for `samples` draws of v (Eq. 7, Fig. 5)."""
     cond = layer_features(phi, images)[phi.layer]
@@ -173,7 +167,7 @@ def sample_rows(translator, phi: LayerFeatures, images: np.ndarray, samples: int
 def _after(out, model, args, num: int = 6, samples: int = 8) -> None:
     from train.grids import save_grid
     translator, phi, config = load_run(out)
-    images, _ = test_renders(phi.image_size, num)
+    images, _, _ = first_test_renders(num, phi.image_size)
     path = Path(out) / "grids" / "samples.png"
     save_grid(sample_rows(translator, phi, images, samples, args.seed), path, col_titles=["input x"],
               header=f"{config['classifier']} classifier, {config['layer']} layer: x | L(t(v|zPhi(x)))", scale=2)
@@ -255,7 +249,7 @@ def evaluate_run(args) -> dict:
     warnings = []
     if Path(args.oracle).resolve() == Path(config["classifier_run"]).resolve():
         warnings.append("the oracle is the diagnosed classifier itself, so the scores are circular")
-    images, attrs = test_renders(phi.image_size, args.num_images)
+    images, attrs, _ = first_test_renders(args.num_images, phi.image_size)
     cond, truth, ae = layer_features(phi, images)[phi.layer], read_scored(attrs), translator.ae
     result = {"task": "diagnosis", "run": str(run), "classifier": config["classifier"], "layer": config["layer"],
               "classifier_run": config["classifier_run"], "oracle": str(args.oracle), "num_images": len(images),

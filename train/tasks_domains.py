@@ -36,10 +36,10 @@ from train.sprite_eval import _diversity, load_task_run, mlp_baseline
 from train.tasks import Experts, Task, add_arg_once, register
 from train.tasks_sprites import (
     DEFAULT_AE,
-    SPRITE_PRESETS,
     AEDecoderStage,
     AEEncoderStage,
     SpritePairs,
+    derive_presets,
     encode_images,
     load_ae,
     sprite_latents,
@@ -60,7 +60,7 @@ _DATA = {
     "default": {"images": 60000, "val_images": 1000, "ae_preset": "default", "lowres_args": [],
                 "union_args": ["--steps", "1500", "--lr", "5e-4"], "union_init": True},
 }
-PRESETS = {name: {**SPRITE_PRESETS[name], "data": _DATA.get(name, _DATA["default"])} for name in SPRITE_PRESETS}
+PRESETS = derive_presets(_DATA)
 
 
 def _args(ap: argparse.ArgumentParser) -> None:

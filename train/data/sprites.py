@@ -197,6 +197,16 @@ def render_batch(indices, split: str = "train", size: int = 64,
     return images, attributes, masks
 
 
+def first_test_renders(count: int, size: int, offset: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`render_batch` of test sprites offset .. offset+count-1: the fixed images every evaluation scores."""
+    start, stop = SPLITS["test"]
+    if offset + count > stop - start:
+        from train.common import UserError
+        raise UserError(f"asked for test sprites up to {offset + count}; the test split holds {stop - start} "
+                        f"(lower --num-images)")
+    return render_batch(range(start + offset, start + offset + count), "test", size)
+
+
 def sprite_attributes(indices, split: str = "train") -> np.ndarray:
     """Attributes (N,13) float32 of the sprites `render_batch` would draw, without drawing them."""
     return np.stack([factors_to_attributes(_sample_factors(np.random.default_rng([_SPLIT_IDS[split],
