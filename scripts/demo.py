@@ -36,6 +36,7 @@ class Job:
     capture: Path | None = None  # stdout goes here (written only when the job succeeds)
     resume: Path | None = None   # a checkpoint here means an interrupted training: add --resume
     skip_if: Path | None = None  # already made by another job (train.ae evaluates when the oracle exists)
+    cost: float = 30.0           # rough seconds (default preset, one thread); only orders the ready jobs
 
 
 def expert_jobs(runs: Path, preset: str, oracle: Path) -> list[Job]:
@@ -43,43 +44,47 @@ def expert_jobs(runs: Path, preset: str, oracle: Path) -> list[Job]:
     ae = runs / "attributes" / "ae"
     smoke = preset == "smoke"
     return [Job("oracle", ["train.classifier", "--data", "sprites", "--out", str(oracle),
-                           *(["--steps", "30"] if smoke else [])]),
+                           *(["--steps", "30"] if smoke else [])], cost=190),
             Job("ae", ["train.ae", "--task", "attributes", "--preset", preset, "--out", str(ae), "--threads", "1"],
-                resume=ae / "checkpoint.safetensors"),
+                resume=ae / "checkpoint.safetensors", cost=690),
             Job("ae-eval", ["train.ae", "--eval", "--out", str(ae), "--oracle", str(oracle), "--threads", "1"],
                 ("ae", "oracle"), skip_if=ae / "eval.json")]
 
 
+# rough seconds per job at the default preset on one thread (measured 2026-11-30), for the scheduler's order
+COSTS = {"attributes-cinn": 500, "text2image-cinn": 300, "bert2biggan-cinn": 340, "attributes-mlp": 130,
+         "text2image-mlp": 95, "attributes-eval": 100, "text2image-eval": 36, "bert2biggan-eval": 30,
+         "attributes-export": 32, "text2image-export": 48, "bert2biggan-export": 55, "bert2biggan-check": 23}
+
+
 def plan(runs: Path, engines: Path, preset: str, oracle: Path) -> list[Job]:
-    """The demo's jobs, longest first within each stage: the scheduler starts ready jobs in list order, so
-    the trainings that gate everything else go first."""
     ae = runs / "attributes" / "ae"
     smoke = preset == "smoke"
     biggan = "random:tiny" if smoke else "random:biggan-deep-128"
     # text2image's caption embeddings need no AE: they are cached while the AE trains
     jobs = expert_jobs(runs, preset, oracle) + [
-        Job("text2image-captions", ["train.tasks_sprites", "--embed-captions", "--preset", preset, "--ae", str(ae)])]
-    models = {"attributes": ("cinn", "mlp"), "text2image": ("cinn", "mlp"), "bert2biggan": ("cinn",)}
-    deps = {"attributes": ("ae",), "text2image": ("ae", "text2image-captions"), "bert2biggan": ()}
-    for model in ("cinn", "mlp"):
-        for task in TASKS:
-            if model not in models[task]:
-                continue
-            run = runs / task / model
-            extra = ["--biggan", biggan] if task == "bert2biggan" else ["--ae", str(ae)]
-            argv = ["train.cinn", "--task", task, "--model", model, "--preset", preset, "--out", str(run), *extra]
-            jobs.append(Job(f"{task}-{model}", argv, deps[task], resume=run / "checkpoint.safetensors"))
+        Job("text2image-captions", ["train.tasks_sprites", "--embed-captions", "--preset", preset, "--ae", str(ae)],
+            cost=250)]
     for task in TASKS:
+        extra = ["--biggan", biggan] if task == "bert2biggan" else ["--ae", str(ae)]
+        deps = {"attributes": ("ae",), "text2image": ("ae", "text2image-captions"), "bert2biggan": ()}[task]
+        models = ("cinn",) if task == "bert2biggan" else ("cinn", "mlp")
+        for model in models:
+            run = runs / task / model
+            argv = ["train.cinn", "--task", task, "--model", model, "--preset", preset, "--out", str(run), *extra]
+            jobs.append(Job(f"{task}-{model}", argv, deps, resume=run / "checkpoint.safetensors"))
         run = runs / task / "cinn"
         evaluate = ["train.evaluate", "--run", str(run), "--json", "--oracle", str(oracle)]
         if task != "bert2biggan":
             evaluate += ["--num-images", "50" if smoke else "500"]
-        jobs.append(Job(f"{task}-eval", evaluate, tuple(f"{task}-{m}" for m in models[task]) + ("oracle",),
+        jobs.append(Job(f"{task}-eval", evaluate, tuple(f"{task}-{m}" for m in models) + ("oracle",),
                         capture=run / "eval.json"))
         jobs.append(Job(f"{task}-export", ["export.onnx", "--task", task, "--run", str(run), "--out",
                                            str(engines / task), "--precision", "int8"], (f"{task}-cinn",)))
         jobs.append(Job(f"{task}-check", ["runtime", "check", str(engines / task), "--json"], (f"{task}-export",),
                         capture=engines / task / "check.json"))
+    for job in jobs:
+        job.cost = COSTS.get(job.name, job.cost)
     return jobs
 
 
@@ -89,7 +94,15 @@ class Scheduler:
     def __init__(self, jobs: list[Job], state: Path, width: int):
         self.jobs, self.state, self.width = {j.name: j for j in jobs}, state, width
         state.mkdir(parents=True, exist_ok=True)
-        self.seconds: dict[str, float] = {}
+        self._priority: dict[str, float] = {}
+
+    def priority(self, name: str) -> float:
+        """The job's cost plus the longest chain of jobs waiting on it: ready jobs start in this order
+        (critical path first), so the AE and the long trainings never queue behind short jobs."""
+        if name not in self._priority:
+            after = [self.priority(n) for n, j in self.jobs.items() if name in j.deps]
+            self._priority[name] = self.jobs[name].cost + max(after, default=0.0)
+        return self._priority[name]
 
     def done(self, name: str) -> bool:
         return (self.state / f"{name}.done").exists()
@@ -102,7 +115,8 @@ class Scheduler:
         running: dict[str, tuple[subprocess.Popen, float, object]] = {}
         last_status = time.time()
         while pending or running:
-            ready = [n for n in pending if all(self.done(d) for d in self.jobs[n].deps)]
+            ready = sorted((n for n in pending if all(self.done(d) for d in self.jobs[n].deps)),
+                           key=self.priority, reverse=True)
             while ready and len(running) < self.width:
                 name = ready.pop(0)
                 pending.remove(name)
