@@ -9,7 +9,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=".venv/.installed-$(cat pyproject.toml | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
-    echo "setup: installing the project and its dependencies into .venv (first time: ~6-10 min, torch is large)"
+    echo "setup: installing the project and its dependencies into .venv (first time: a few minutes, torch is large)"
     .venv/bin/python -m pip install -q --upgrade pip
     .venv/bin/python -m pip install -q -e ".[dev]"
     rm -f .venv/.installed-*
