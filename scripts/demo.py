@@ -36,7 +36,6 @@ class Job:
     capture: Path | None = None  # stdout goes here (written only when the job succeeds)
     resume: Path | None = None   # a checkpoint here means an interrupted training: add --resume
     skip_if: Path | None = None  # already made by another job (train.ae evaluates when the oracle exists)
-    cost: float = 30.0           # rough seconds (default preset, one thread); only orders the ready jobs
 
 
 def expert_jobs(runs: Path, preset: str, oracle: Path) -> list[Job]:
@@ -44,15 +43,18 @@ def expert_jobs(runs: Path, preset: str, oracle: Path) -> list[Job]:
     ae = runs / "attributes" / "ae"
     smoke = preset == "smoke"
     return [Job("oracle", ["train.classifier", "--data", "sprites", "--out", str(oracle),
-                           *(["--steps", "30"] if smoke else [])], cost=190),
+                           *(["--steps", "30"] if smoke else [])]),
             Job("ae", ["train.ae", "--task", "attributes", "--preset", preset, "--out", str(ae), "--threads", "1"],
-                resume=ae / "checkpoint.safetensors", cost=690),
+                resume=ae / "checkpoint.safetensors"),
             Job("ae-eval", ["train.ae", "--eval", "--out", str(ae), "--oracle", str(oracle), "--threads", "1"],
                 ("ae", "oracle"), skip_if=ae / "eval.json")]
 
 
-# rough seconds per job at the default preset on one thread (measured 2026-11-30), for the scheduler's order
-COSTS = {"attributes-cinn": 500, "text2image-cinn": 300, "bert2biggan-cinn": 340, "attributes-mlp": 130,
+# rough seconds per job at the default preset on one thread (measured 2026-11-30); they only order the ready
+# jobs (Scheduler.priority), other jobs count DEFAULT_COST
+DEFAULT_COST = 30.0
+COSTS = {"ae": 690, "oracle": 190, "text2image-captions": 250,
+         "attributes-cinn": 500, "text2image-cinn": 300, "bert2biggan-cinn": 340, "attributes-mlp": 130,
          "text2image-mlp": 95, "attributes-eval": 100, "text2image-eval": 36, "bert2biggan-eval": 30,
          "attributes-export": 32, "text2image-export": 48, "bert2biggan-export": 55, "bert2biggan-check": 23}
 
@@ -63,8 +65,7 @@ def plan(runs: Path, engines: Path, preset: str, oracle: Path) -> list[Job]:
     biggan = "random:tiny" if smoke else "random:biggan-deep-128"
     # text2image's caption embeddings need no AE: they are cached while the AE trains
     jobs = expert_jobs(runs, preset, oracle) + [
-        Job("text2image-captions", ["train.tasks_sprites", "--embed-captions", "--preset", preset, "--ae", str(ae)],
-            cost=250)]
+        Job("text2image-captions", ["train.tasks_sprites", "--embed-captions", "--preset", preset, "--ae", str(ae)])]
     for task in TASKS:
         extra = ["--biggan", biggan] if task == "bert2biggan" else ["--ae", str(ae)]
         deps = {"attributes": ("ae",), "text2image": ("ae", "text2image-captions"), "bert2biggan": ()}[task]
@@ -83,8 +84,6 @@ def plan(runs: Path, engines: Path, preset: str, oracle: Path) -> list[Job]:
                                            str(engines / task), "--precision", "int8"], (f"{task}-cinn",)))
         jobs.append(Job(f"{task}-check", ["runtime", "check", str(engines / task), "--json"], (f"{task}-export",),
                         capture=engines / task / "check.json"))
-    for job in jobs:
-        job.cost = COSTS.get(job.name, job.cost)
     return jobs
 
 
@@ -101,7 +100,7 @@ class Scheduler:
         (critical path first), so the AE and the long trainings never queue behind short jobs."""
         if name not in self._priority:
             after = [self.priority(n) for n, j in self.jobs.items() if name in j.deps]
-            self._priority[name] = self.jobs[name].cost + max(after, default=0.0)
+            self._priority[name] = COSTS.get(name, DEFAULT_COST) + max(after, default=0.0)
         return self._priority[name]
 
     def done(self, name: str) -> bool:

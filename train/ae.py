@@ -11,7 +11,7 @@ Loss (Eq. 14, 16-18), per pixel:  L1(y, ŷ)·w / γ + log γ  +  kl_weight · KL
   [+ disc_weight · λ · L_GAN with the adaptive λ of Eq. 17 once step >= disc_start].
 w = 1 + mask_weight·silhouette + edge_weight·edge (sprites only; the renderer gives the mask): the
 object covers ~10-35 % of a sprite, and without the weight a small CPU model spends its capacity
-on the background first; `edge` is a 3-pixel band around the silhouette's outline, where shape
+on the background first; `edge` is the 2-pixel band along the silhouette's outline, where shape
 lives (a small square and a small circle differ only at their corners). A plain loss
 re-weighting; nothing about the data changes.
 """

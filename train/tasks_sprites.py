@@ -158,6 +158,10 @@ def _attributes_source(args):
     return SpritePairs(a.unsqueeze(1), z, va, vz), info
 
 
+def caption_cache_dir(args) -> Path:
+    return Path(args.caption_cache or Path(args.ae).parent / "captions")
+
+
 def caption_embeddings(args) -> tuple[TextEncoder, torch.Tensor]:
     """The text encoder and the (text_images, captions_per_image, dim) embeddings of the training caption
     pool. Needs no autoencoder (attributes come from the renderer's factors), so it can run — and fill its
@@ -166,8 +170,7 @@ def caption_embeddings(args) -> tuple[TextEncoder, torch.Tensor]:
     encoder = TextEncoder(args.text_encoder)
     count, k = data["text_images"], data["captions_per_image"]
     a = torch.from_numpy(sprite_attributes(range(count), "train"))
-    folder = Path(args.caption_cache or Path(args.ae).parent / "captions")
-    cache = folder / f"captions_{Path(encoder.path).name}_{count}x{k}_s{args.seed}.safetensors"
+    cache = caption_cache_dir(args) / f"captions_{Path(encoder.path).name}_{count}x{k}_s{args.seed}.safetensors"
     texts = [t for pool in caption_pool(a, k, "train", args.seed) for t in pool]
     return encoder, embed_captions(encoder, texts, cache).reshape(count, k, -1)
 
@@ -246,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     _sprite_args(ap)
     args = ap.parse_args(argv)
     _, cond = caption_embeddings(args)
-    print(f"caption embeddings {tuple(cond.shape)} cached in {args.caption_cache or Path(args.ae).parent / 'captions'}")
+    print(f"caption embeddings {tuple(cond.shape)} cached in {caption_cache_dir(args)}")
     return 0
 
 
