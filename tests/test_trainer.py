@@ -75,6 +75,35 @@ def test_resume_equals_uninterrupted(feats, monkeypatch):
             assert torch.equal(tensor, cut[name]), name
 
 
+def test_target_noise_changes_training_and_resumes_exactly(feats, monkeypatch):
+    cinn.main(train_args(feats, feats / "plain"))
+    cinn.main(train_args(feats, feats / "zero", "--target-noise", "0"))
+    cinn.main(train_args(feats, feats / "noisy", "--target-noise", "0.5"))
+    runs = {name: load_tensors(feats / name / "checkpoint.safetensors") for name in ("plain", "zero", "noisy")}
+    weights = [k for k in runs["plain"] if k.startswith("model.blocks")]
+    assert all(torch.equal(runs["plain"][k], runs["zero"][k]) for k in weights)        # 0 = off
+    assert not all(torch.equal(runs["plain"][k], runs["noisy"][k]) for k in weights)
+    assert json.loads((feats / "noisy" / "config.json").read_text())["train"]["target_noise"] == 0.5
+    original_batch = TensorPairs.batch
+    calls = {"n": 0}
+
+    def crashing_batch(self, size, generator):
+        calls["n"] += 1
+        if calls["n"] == 15:
+            raise KeyboardInterrupt
+        return original_batch(self, size, generator)
+
+    monkeypatch.setattr(TensorPairs, "batch", crashing_batch)
+    with pytest.raises(KeyboardInterrupt):
+        cinn.main(train_args(feats, feats / "cut", "--target-noise", "0.5"))
+    monkeypatch.setattr(TensorPairs, "batch", original_batch)
+    cinn.main(train_args(feats, feats / "cut", "--target-noise", "0.5", "--resume"))
+    cut = load_tensors(feats / "cut" / "checkpoint.safetensors")
+    assert all(torch.equal(runs["noisy"][k], cut[k]) for k in weights)   # resume repeats the same noise draws
+    with pytest.raises(UserError, match="--target-noise must be >= 0"):
+        cinn.main(train_args(feats, feats / "neg", "--target-noise", "-1"))
+
+
 def test_non_finite_loss_stops_without_writing(feats, monkeypatch):
     original_batch = TensorPairs.batch
 

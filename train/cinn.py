@@ -30,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--steps", type=int, help="override the preset's training steps")
     ap.add_argument("--batch-size", type=int, help="override the preset's (global) batch size")
     ap.add_argument("--lr", type=float, help="override the preset's learning rate")
+    ap.add_argument("--target-noise", type=float,
+                    help="override the preset's training noise on zΘ (cINN; in per-dimension std units, 0 = off)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -58,6 +60,10 @@ def resolve_configs(args, task, cond_shape, target_dim) -> tuple[dict, TrainConf
             if value <= 0:
                 raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}")
             setattr(tcfg, name, value)
+    if args.target_noise is not None:
+        if args.target_noise < 0:
+            raise UserError(f"--target-noise must be >= 0, got {args.target_noise}")
+        tcfg.target_noise = args.target_noise
     tcfg.warmup = min(tcfg.warmup, max(1, tcfg.steps // 10))
     return model_cfg, tcfg
 

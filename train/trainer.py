@@ -51,6 +51,9 @@ class TrainConfig:
     val_every: int = 250
     ckpt_every: int = 1000
     seed: int = 0
+    # cINN only: std of Gaussian noise added to each training target zΘ, in units of its per-dimension std
+    # (0 = off). Dequantisation for latents that are degenerate for some conditions; see `train` below.
+    target_noise: float = 0.0
 
 
 class PairSource(Protocol):
@@ -178,6 +181,12 @@ def train(kind: str, model_cfg: dict, cfg: TrainConfig, source: PairSource, out_
         for g in opt.param_groups:
             g["lr"] = lr
         cond, z = source.batch(per_rank, gen)
+        if cfg.target_noise and kind == "cinn":
+            # Some conditions leave directions of zΘ without variance (a circle has no rotation, a square
+            # has one); τ⁻¹ then squeezes their residuals near v = 0, where τ(v | other condition) lands
+            # between the modes (a square's mean over rotations decodes as a circle). Noise gives every
+            # direction variance to spread over N(0, I). Validation stays on the clean targets.
+            z = z + cfg.target_noise * model.target_std * torch.randn(z.shape, generator=gen)
         loss = objective(cond.to(device), z.to(device))
         if not torch.isfinite(loss):
             raise UserError(f"non-finite loss at step {step} (lr {lr:.2e}); nothing was written for this step. "
