@@ -51,8 +51,8 @@ class TrainConfig:
     val_every: int = 250
     ckpt_every: int = 1000
     seed: int = 0
-    # cINN only: std of Gaussian noise added to each training target zΘ, in units of its per-dimension std
-    # (0 = off). Dequantisation for latents that are degenerate for some conditions; see `train` below.
+    # cINN only: std of Gaussian noise added to each training target zΘ at the first step, in units of its
+    # per-dimension std, decaying linearly to 0 at the last (0 = off). See `train` below.
     target_noise: float = 0.0
 
 
@@ -185,8 +185,11 @@ def train(kind: str, model_cfg: dict, cfg: TrainConfig, source: PairSource, out_
             # Some conditions leave directions of zΘ without variance (a circle has no rotation, a square
             # has one); τ⁻¹ then squeezes their residuals near v = 0, where τ(v | other condition) lands
             # between the modes (a square's mean over rotations decodes as a circle). Noise gives every
-            # direction variance to spread over N(0, I). Validation stays on the clean targets.
-            z = z + cfg.target_noise * model.target_std * torch.randn(z.shape, generator=gen)
+            # direction variance to spread over N(0, I) while the flow takes shape; it decays to 0 so the
+            # final τ fits the clean targets (constant noise left v on clean data at std 0.5 and
+            # predictive of c). Validation stays on the clean targets.
+            sigma = cfg.target_noise * (1 - step / cfg.steps)
+            z = z + sigma * model.target_std * torch.randn(z.shape, generator=gen)
         loss = objective(cond.to(device), z.to(device))
         if not torch.isfinite(loss):
             raise UserError(f"non-finite loss at step {step} (lr {lr:.2e}); nothing was written for this step. "
