@@ -181,6 +181,7 @@ def train(kind: str, model_cfg: dict, cfg: TrainConfig, source: PairSource, out_
         for g in opt.param_groups:
             g["lr"] = lr
         cond, z = source.batch(per_rank, gen)
+        cond, z = cond.to(device), z.to(device)
         if cfg.target_noise and kind == "cinn":
             # Some conditions leave directions of zΘ without variance (a circle has no rotation, a square
             # has one); τ⁻¹ then squeezes their residuals near v = 0, where τ(v | other condition) lands
@@ -189,8 +190,8 @@ def train(kind: str, model_cfg: dict, cfg: TrainConfig, source: PairSource, out_
             # final τ fits the clean targets (constant noise left v on clean data at std 0.5 and
             # predictive of c). Validation stays on the clean targets.
             sigma = cfg.target_noise * (1 - step / cfg.steps)
-            z = z + sigma * model.target_std * torch.randn(z.shape, generator=gen)
-        loss = objective(cond.to(device), z.to(device))
+            z = z + sigma * model.target_std * torch.randn(z.shape, generator=gen).to(device)
+        loss = objective(cond, z)
         if not torch.isfinite(loss):
             raise UserError(f"non-finite loss at step {step} (lr {lr:.2e}); nothing was written for this step. "
                             f"Lower --lr or check the features for extreme values")
