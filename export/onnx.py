@@ -199,13 +199,13 @@ def task_validation(task, config: dict) -> tuple[torch.Tensor, torch.Tensor]:
 
 def model_samples(model: ConditionalINN, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
-    cond = model.cond_mean + model.cond_std * torch.randn(n, *model.cfg.cond_shape, generator=gen)
+    cond = model.random_conditions(n, gen)
     return cond, model.sample(cond, generator=gen)
 
 
 def _random_like_flow(model: ConditionalINN, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     gen = torch.Generator().manual_seed(seed)
-    cond = model.cond_mean + model.cond_std * torch.randn(n, *model.cfg.cond_shape, generator=gen)
+    cond = model.random_conditions(n, gen)
     z = model.target_mean + model.target_std * torch.randn(n, model.cfg.target_dim, generator=gen)
     return cond.numpy(), z.numpy()
 

@@ -72,16 +72,18 @@ def tiny_ae(batch_view: bool = False) -> TinyAE:
     return ae.eval().requires_grad_(False)
 
 
-def tiny_flow(dim: int, cond_shape: tuple, seed: int = 0) -> ConditionalINN:
+def tiny_flow(dim: int, cond_shape: tuple, seed: int = 0, whiten: float | None = None) -> ConditionalINN:
     torch.manual_seed(seed)
     flow = ConditionalINN(FlowConfig(target_dim=dim, cond_shape=cond_shape, num_blocks=3, hidden=32, embed_hidden=32,
-                                     seed=seed)).train()
+                                     seed=seed, cond_whiten=whiten)).train()
     with torch.no_grad():                       # ActNorm init, then push every weight off its identity init
         flow.inverse(torch.randn(64, dim) * 2 + 1, torch.randn(64, *cond_shape))
         for p in flow.parameters():
             p.add_(0.05 * torch.randn_like(p))
         flow.set_standardization(torch.zeros(cond_shape), torch.ones(cond_shape) * 1.5, torch.randn(dim),
                                  torch.rand(dim) + 0.5)
+        if whiten is not None:                  # like text2image's default: whitened sentence embeddings
+            flow.fit_condition_whitening(torch.randn(500, *cond_shape) @ torch.randn(cond_shape[0], cond_shape[0]))
     return flow.eval()
 
 
@@ -138,7 +140,7 @@ class Bundles:
             enc = self.text_encoder()
             experts = Experts(source_encoder=enc, target_encoder=ae, target_decoder=ae,
                               info={"validation_texts": ["a red square"]})
-            flow = tiny_flow(6, (32,))
+            flow = tiny_flow(6, (32,), whiten=1.0)
         elif name == "attributes":
             experts = Experts(target_encoder=ae, target_decoder=ae, info={"attribute_names": ATTRIBUTES})
             flow = tiny_flow(6, (len(ATTRIBUTES),))
@@ -154,7 +156,7 @@ class Bundles:
         """The PyTorch modules behind a stand-in bundle (deterministic rebuilds)."""
         ae = tiny_ae(batch_view=name == "attributes")
         if name == "text2image":
-            return self.text_encoder(), tiny_flow(6, (32,)), ae
+            return self.text_encoder(), tiny_flow(6, (32,), whiten=1.0), ae
         return None, tiny_flow(6, (len(ATTRIBUTES),) if name == "attributes" else (3,)), ae
 
 

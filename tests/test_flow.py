@@ -7,10 +7,10 @@ from train.common import load_tensors, save_tensors
 from train.flow import ConditionalINN, FlowConfig, MLPConfig, MLPTranslator, soft_clamp
 
 
-def make_flow(fused=True, cond_shape=(5,), dim=7, blocks=4, seed=0):
+def make_flow(fused=True, cond_shape=(5,), dim=7, blocks=4, seed=0, whiten=None):
     torch.manual_seed(seed)
     flow = ConditionalINN(FlowConfig(target_dim=dim, cond_shape=cond_shape, num_blocks=blocks, hidden=32,
-                                     embed_hidden=32, fused=fused, seed=seed))
+                                     embed_hidden=32, fused=fused, seed=seed, cond_whiten=whiten))
     flow.train()
     with torch.no_grad():                  # ActNorm init, then push every weight off its (identity) init
         flow.inverse(torch.randn(64, dim) * 2 + 1, torch.randn(64, *cond_shape))
@@ -18,13 +18,16 @@ def make_flow(fused=True, cond_shape=(5,), dim=7, blocks=4, seed=0):
             p.add_(0.05 * torch.randn_like(p))
         flow.set_standardization(torch.zeros(cond_shape), torch.ones(cond_shape) * 1.5,
                                  torch.randn(dim), torch.rand(dim) + 0.5)
+        if whiten is not None:
+            flow.fit_condition_whitening(torch.randn(400, *cond_shape) @ torch.randn(cond_shape[0], cond_shape[0]))
     return flow.eval()
 
 
-@pytest.mark.parametrize("fused", [True, False])
-@pytest.mark.parametrize("cond_shape", [(5,), (3, 16, 16)])
-def test_invertible_both_ways(fused, cond_shape):
-    flow = make_flow(fused, cond_shape)
+@pytest.mark.parametrize("fused,cond_shape,whiten", [(True, (5,), None), (False, (5,), None),
+                                                     (True, (3, 16, 16), None), (False, (3, 16, 16), None),
+                                                     (True, (5,), 0.5)])
+def test_invertible_both_ways(fused, cond_shape, whiten):
+    flow = make_flow(fused, cond_shape, whiten=whiten)
     c = torch.randn(32, *cond_shape)
     z = torch.randn(32, 7) * 3
     with torch.no_grad():
@@ -82,6 +85,35 @@ def test_checkpoint_roundtrip_identical_outputs(tmp_path):
     with torch.no_grad():
         assert torch.equal(flow.inverse(z, c)[0], twin.inverse(z, c)[0])
         assert torch.equal(flow.inverse(z, c)[1], twin.inverse(z, c)[1])
+
+
+def test_condition_whitening_decorrelates_and_shrinks(tmp_path):
+    """cond_whiten = λ: H sees W(zΦ - mean) / std with W = U (Λ + λ·mean Λ)^-1/2 Uᵀ. λ = 0 makes the
+    condition's covariance the identity, so a low-variance direction counts as much as a high-variance one;
+    λ > 0 keeps directions far below the mean variance small. Saved and restored with the checkpoint."""
+    torch.manual_seed(0)
+    scales = torch.tensor([10.0, 3.0, 1.0, 0.1, 0.01])
+    mix = torch.linalg.qr(torch.randn(5, 5))[0]
+    c = (torch.randn(20000, 5) * scales) @ mix.T + 4.0
+    seen = {}
+    for lam in (0.0, 1.0):
+        flow = make_flow(whiten=lam)
+        flow.set_standardization(c.mean(0), c.std(0), torch.zeros(7), torch.ones(7))
+        flow.fit_condition_whitening(c)
+        x = (c - flow.cond_mean) @ flow.cond_whitening / flow.cond_std
+        seen[lam] = torch.linalg.eigvalsh(torch.cov(x.T))
+        assert torch.allclose(x.std(0), torch.ones(5), atol=1e-3)
+    assert torch.allclose(seen[0.0], torch.ones(5), atol=1e-3)               # fully white
+    assert seen[1.0][0] < 0.01 and seen[1.0][-1] > 1.5                          # the 0.01 direction stays small
+    # per-dim standardisation alone would leave the 0.01-scale direction at ~1e-6 of the total variance
+    save_tensors(tmp_path / "w.safetensors", flow.state_dict())
+    twin = ConditionalINN(FlowConfig.from_dict(flow.cfg.to_dict()))
+    twin.load_state_dict(load_tensors(tmp_path / "w.safetensors"))
+    assert torch.equal(twin.embed(c[:8]), flow.embed(c[:8]))
+    old = {k: v for k, v in flow.cfg.to_dict().items() if k != "cond_whiten"}   # configs before the option
+    assert ConditionalINN(FlowConfig.from_dict(old)).cond_whitening is None
+    with pytest.raises(ValueError, match="vector conditions"):
+        ConditionalINN(FlowConfig(target_dim=4, cond_shape=(3, 8, 8), cond_whiten=1.0))
 
 
 def test_permutations_are_seeded_and_differ_per_block():

@@ -110,3 +110,24 @@ def test_caption_cache_is_keyed_by_the_texts(tmp_path):
     assert Encoder.calls == 1 and torch.equal(first, again)
     other = embed_captions(Encoder(), ["abc", "d"], cache)    # same count, other texts: embedded afresh
     assert Encoder.calls == 2 and other[:, 0].tolist() == [3.0, 1.0]
+
+
+def test_caption_words_reports_each_heldout_word(capsys):
+    """`python -m train.caption_words` on the real MiniLM: every held-out word gets its nearest training word;
+    the plain names shared with training are their own nearest neighbours."""
+    import json
+
+    from train import caption_words
+    from train.data.captions import HELDOUT_WORDS, TRAIN_WORDS
+    assert caption_words.main(["--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    expected = [(g, w) for g, values in HELDOUT_WORDS.items() for v, ws in values.items() if v is not None for w in ws]
+    assert [(r["group"], r["word"]) for r in rows] == expected
+    for r in rows:
+        assert r["nearest"] in {w for v, ws in TRAIN_WORDS[r["group"]].items() if v is not None for w in ws}
+        assert r["right"] == (r["nearest_value"] == r["value"]) and len(r["best"]) >= 2
+        if r["trained"]:
+            assert r["nearest"] == r["word"] and r["right"] and r["margin"] > 0
+    assert sum(r["trained"] for r in rows) == 8         # circle, square, triangle and the five colour names
+    assert caption_words.main([]) == 0
+    assert "held-out words never trained on" in capsys.readouterr().out.splitlines()[-1]

@@ -32,6 +32,7 @@ class FlowConfig:
     depth: int = 2                     # hidden layers per subnetwork (paper: 4)
     clamp: float = 2.0                 # soft clamp α of the log-scale, see `soft_clamp`
     fused: bool = True                 # one subnetwork emits both s and t (same math, half the matmuls)
+    cond_whiten: float | None = None   # vector zΦ: None = standardise per dim; λ >= 0 = shrinkage whitening
     seed: int = 0                      # seeds the fixed permutations
 
     def to_dict(self) -> dict:
@@ -226,6 +227,12 @@ class ConditionalINN(nn.Module):
         self.register_buffer("cond_std", torch.ones(cfg.cond_shape))
         self.register_buffer("target_mean", torch.zeros(cfg.target_dim))
         self.register_buffer("target_std", torch.ones(cfg.target_dim))
+        if cfg.cond_whiten is not None:
+            if len(cfg.cond_shape) != 1:
+                raise ValueError("cond_whiten applies to vector conditions only")
+            self.register_buffer("cond_whitening", torch.eye(cfg.cond_shape[0]))
+        else:
+            self.cond_whitening = None
 
     @torch.no_grad()
     def set_standardization(self, cond_mean, cond_std, target_mean, target_std) -> None:
@@ -234,9 +241,34 @@ class ConditionalINN(nn.Module):
         self.target_mean.copy_(target_mean)
         self.target_std.copy_(target_std.clamp_min(1e-6))
 
+    @torch.no_grad()
+    def fit_condition_whitening(self, cond: torch.Tensor) -> None:
+        """Shrinkage ZCA whitening of vector conditions, W = U (Λ + λ·mean(Λ))^-1/2 Uᵀ from the covariance
+        U Λ Uᵀ of training conditions `cond` (N, c); cond_std becomes the per-dim std after W.
+        Why: a sentence embedding carries some meanings in low-variance directions ("left" vs "right" in
+        MiniLM moves the per-dim standardised embedding 3x less than "dark" vs "light"), which H then
+        barely sees; λ keeps the noise directions from being blown up to unit variance too."""
+        x = (cond - self.cond_mean).double()
+        lam, u = torch.linalg.eigh(x.T @ x / (len(x) - 1))
+        lam = lam.clamp_min(0)
+        w = (u / (lam + self.cfg.cond_whiten * lam.mean()).clamp_min(1e-12).sqrt()) @ u.T
+        self.cond_whitening.copy_(w.float())
+        self.cond_std.copy_((x @ w).std(0).float().clamp_min(1e-6))
+
     def embed(self, cond: torch.Tensor) -> torch.Tensor:
-        """h = H(zΦ), Eq. 19."""
-        return self.embedder((cond - self.cond_mean) / self.cond_std)
+        """h = H(zΦ), Eq. 19, on standardised (or whitened) zΦ."""
+        x = cond - self.cond_mean
+        if self.cond_whitening is not None:
+            x = x @ self.cond_whitening
+        return self.embedder(x / self.cond_std)
+
+    @torch.no_grad()
+    def random_conditions(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n random conditions spread roughly like the training ones (mean, per-dim scale): export test inputs."""
+        x = self.cond_std * torch.randn(n, *self.cfg.cond_shape, generator=generator)
+        if self.cond_whitening is not None:
+            x = torch.linalg.solve(self.cond_whitening, x.T).T     # W is symmetric: x W⁻¹
+        return self.cond_mean + x
 
     def inverse(self, z: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """τ⁻¹ (Eq. 2): v = τ⁻¹(zΘ | zΦ) and log|det ∂v/∂zΘ| per sample."""
@@ -310,6 +342,7 @@ class MLPTranslator(nn.Module):
         self.register_buffer("cond_std", torch.ones(cfg.cond_shape))
         self.register_buffer("target_mean", torch.zeros(cfg.target_dim))
         self.register_buffer("target_std", torch.ones(cfg.target_dim))
+        self.cond_whitening = None           # the baseline keeps per-dim standardisation
 
     set_standardization = ConditionalINN.set_standardization
     embed = ConditionalINN.embed

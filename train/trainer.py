@@ -38,6 +38,8 @@ from train.common import (
 )
 from train.flow import ConditionalINN, FlowConfig, MLPConfig, MLPTranslator
 
+WHITEN_SAMPLES = 16384     # training conditions drawn to fit FlowConfig.cond_whiten's covariance (384-d: plenty)
+
 
 @dataclass
 class TrainConfig:
@@ -146,6 +148,8 @@ def train(kind: str, model_cfg: dict, cfg: TrainConfig, source: PairSource, out_
         best_state = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")} or None
     else:
         model.set_standardization(*source.statistics())
+        if kind == "cinn" and model.cfg.cond_whiten is not None:
+            model.fit_condition_whitening(source.batch(WHITEN_SAMPLES, torch.Generator().manual_seed(cfg.seed + 1))[0])
         if kind == "cinn":          # ActNorm data-dependent init, before DDP broadcasts rank 0's weights
             model.train()
             with torch.no_grad():
