@@ -16,8 +16,8 @@ Experts are called as `encode(x)` / `decode(z)` where they define them, else `fo
 trace is wrong at another batch size, goes through the dynamo exporter (the stage's `exporter` field in
 the manifest says which). Every graph is checked against its
 PyTorch module through onnxruntime on real and random inputs (max |a-b| / max |b| <= 1e-4) and the flow
-pair must round-trip (‖τ(τ⁻¹(z)) - z‖ / ‖z‖ <= 1e-5 on real pairs; on random, off-manifold inputs no
-worse than 2× the PyTorch model's own fp32 round trip, or 1e-5), else nothing is written.
+pair must round-trip (‖τ(τ⁻¹(z)) - z‖ / ‖z‖ <= 1e-5 on real pairs; on random, off-manifold inputs within
+10× the PyTorch model's own fp32 round trip, or 1e-5), else nothing is written.
 
 `--precision int8` adds flow_forward.int8 / flow_inverse.int8: onnxruntime's quantize_dynamic on each
 graph (MatMul weights int8, activations quantized per batch at run time); the same algorithm on the
@@ -55,6 +55,7 @@ from train.trainer import load_translator
 
 DEFAULT_OPSET = 17
 PARITY_TOL, ROUNDTRIP_TOL = 1e-4, 1e-5
+RANDOM_ROUNDTRIP_FACTOR = 10     # off-manifold round trip: x PyTorch's own (see _build)
 VAL_IMAGES = 8
 DEFAULT_TEXTS = ["a small red circle", "two blue squares next to a large green triangle",
                  "a photograph of a dog running on the beach at sunset", "x",
@@ -235,10 +236,12 @@ def _build(bundle: Path, model: ConditionalINN, experts: Experts, cond: np.ndarr
     checks["roundtrip_rel"] = {label: flow_roundtrip(bundle / "flow_forward.onnx", bundle / "flow_inverse.onnx", zz, cc)
                                for label, (zz, cc) in pairs.items()}
     # Off-manifold inputs (random conditions, e.g. non-binary attribute vectors) can drive v to 1e3-1e4,
-    # where the PyTorch model itself loses ~1e-5 in fp32; there the graph must only be no worse than it.
+    # where the PyTorch model itself loses ~1e-5 in fp32; there the graph must only be as good as that up to
+    # rounding order: onnxruntime / PyTorch measured 0.6-3.1x over 8 input seeds (default text2image cINN),
+    # so 2x refused a correct graph; a wrong graph is off by orders of magnitude, not a few x.
     checks["roundtrip_rel_pytorch"] = {label: torch_roundtrip(model, zz, cc) for label, (zz, cc) in pairs.items()}
-    tolerance = {label: max(ROUNDTRIP_TOL, 2 * checks["roundtrip_rel_pytorch"][label]) if label == "random"
-                 else ROUNDTRIP_TOL for label in pairs}
+    tolerance = {label: max(ROUNDTRIP_TOL, RANDOM_ROUNDTRIP_FACTOR * checks["roundtrip_rel_pytorch"][label])
+                 if label == "random" else ROUNDTRIP_TOL for label in pairs}
     failed = {label: err for label, err in checks["roundtrip_rel"].items() if err > tolerance[label]}
     if failed:
         raise UserError(f"exported flow pair does not round-trip: {failed} > {tolerance} "
