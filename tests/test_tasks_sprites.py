@@ -40,6 +40,7 @@ def test_flip_semantics():
 def test_smoke_run_keeps_experts_frozen_and_evaluates(task, train_smoke, oracle_run, tmp_path, capsys):
     out = train_smoke(task, tmp_path)
     assert (out / "grids" / "samples.png").is_file()
+    assert (out / "grids" / "samples_train_phrasing.png").is_file() == (task == "text2image")
     translator, config = load_task_run(out)
     assert not any(p.requires_grad for p in translator.ae.parameters())
     experts = load_all()[task].experts(config)

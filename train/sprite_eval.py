@@ -84,7 +84,7 @@ def _condition(config: dict, attributes: np.ndarray, split: str, seed: int, enco
 
 def write_grids(run_dir: str | Path, model, num: int = 6, samples: int = 6, seed: int = 0) -> None:
     """PNGs in RUN/grids/: attribute edits (Fig. 6), samples per condition, exemplar transfer; for text,
-    held-out captions rendered above their samples (Fig. 1)."""
+    captions rendered above their samples (Fig. 1): held-out phrasing (samples.png) and training phrasing."""
     translator, config = load_task_run(run_dir)
     out = Path(run_dir) / "grids"
     print(f"writing grids to {out}/")
@@ -114,10 +114,12 @@ def write_grids(run_dir: str | Path, model, num: int = 6, samples: int = 6, seed
     else:
         from train.experts import TextEncoder
         encoder = TextEncoder(config["text_encoder"])
-        cond, texts = _condition(config, attrs, "heldout", seed, encoder)
-        sampled = to_uint8(translator.sample(cond, samples, seed))
-        save_grid([list(sampled[i * samples:(i + 1) * samples]) for i in range(num)], out / "samples.png",
-                  row_titles=texts, header="held-out captions -> samples", scale=2)
+        for split, name in (("heldout", "samples.png"), ("train", "samples_train_phrasing.png")):
+            cond, texts = _condition(config, attrs, split, seed, encoder)
+            sampled = to_uint8(translator.sample(cond, samples, seed))
+            save_grid([list(sampled[i * samples:(i + 1) * samples]) for i in range(num)], out / name,
+                      row_titles=texts, header=f"{'held-out' if split == 'heldout' else 'training'}-phrased "
+                      "captions -> samples", scale=2)
 
 
 def _probe(v_train, y_train, v_test, y_test, steps: int = 300) -> tuple[np.ndarray, np.ndarray]:
