@@ -44,10 +44,12 @@ SPRITE_PRESETS = {
 }
 
 
-def derive_presets(data: dict[str, dict], **default_train) -> dict:
-    """SPRITE_PRESETS with a task's own `data` section per preset (its `default` one where it names no other)
-    and `default_train` overriding the default preset's training settings."""
-    out = {name: {**p, "data": dict(data.get(name, data["default"]))} for name, p in SPRITE_PRESETS.items()}
+def derive_presets(data: dict[str, dict], flow: dict | None = None, **default_train) -> dict:
+    """SPRITE_PRESETS with a task's own `data` section per preset (its `default` one where it names no other),
+    `flow` added to every preset's flow settings and `default_train` overriding the default preset's training
+    settings."""
+    out = {name: {**p, "data": dict(data.get(name, data["default"])), "flow": {**p["flow"], **(flow or {})}}
+           for name, p in SPRITE_PRESETS.items()}
     out["default"]["train"] = {**out["default"]["train"], **default_train}
     return out
 
@@ -63,9 +65,7 @@ def derive_presets(data: dict[str, dict], **default_train) -> dict:
 # test images). λ = 0.01 overfits (held-out 0.74 -> 0.71); 0.3 and 1 leave it at 0.74-0.75.
 _SPRITE_DATA = {name: p["data"] for name, p in SPRITE_PRESETS.items()}
 ATTRIBUTE_PRESETS = derive_presets(_SPRITE_DATA, steps=3000, target_noise=0.15)
-TEXT_PRESETS = derive_presets(_SPRITE_DATA, steps=2000, target_noise=0.15)
-for _preset in TEXT_PRESETS.values():
-    _preset["flow"] = {**_preset["flow"], "cond_whiten": 1.0}
+TEXT_PRESETS = derive_presets(_SPRITE_DATA, flow={"cond_whiten": 1.0}, steps=2000, target_noise=0.15)
 
 
 def load_ae(run_dir: str, preset: str = "default", train_args: tuple[str, ...] = ()):

@@ -148,9 +148,11 @@ def train(kind: str, model_cfg: dict, cfg: TrainConfig, source: PairSource, out_
         best_state = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")} or None
     else:
         model.set_standardization(*source.statistics())
-        if kind == "cinn" and model.cfg.cond_whiten is not None:
-            model.fit_condition_whitening(source.batch(WHITEN_SAMPLES, torch.Generator().manual_seed(cfg.seed + 1))[0])
-        if kind == "cinn":          # ActNorm data-dependent init, before DDP broadcasts rank 0's weights
+        if kind == "cinn":
+            if model.cfg.cond_whiten is not None:
+                fit_batch = source.batch(WHITEN_SAMPLES, torch.Generator().manual_seed(cfg.seed + 1))
+                model.fit_condition_whitening(fit_batch[0])
+            # ActNorm data-dependent init, before DDP broadcasts rank 0's weights
             model.train()
             with torch.no_grad():
                 c0, z0 = source.batch(max(cfg.batch_size, 512), torch.Generator().manual_seed(cfg.seed))
