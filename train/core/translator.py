@@ -1,4 +1,4 @@
-"""The training loop for τ (and the MLP baseline): plain PyTorch, no framework.
+"""Training τ (and the MLP baseline) on (zΦ, zΘ) pairs: plain PyTorch, no framework, the one loop of loop.py.
 
 It trains on any `PairSource` (something that hands out (zΦ, zΘ) batches); tasks differ only in
 their pair source. The experts never see a gradient: pair sources return detached tensors.
@@ -19,24 +19,12 @@ from typing import Protocol
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-from tqdm import tqdm
 
-from train.common import (
-    MetricsLog,
-    UserError,
-    atomic_write_json,
-    load_optim,
-    load_run_weights,
-    load_tensors,
-    lr_at,
-    optim_tensors,
-    pack_rng_state,
-    progress_interval,
-    read_json,
-    save_tensors,
-    unpack_rng_state,
-)
-from train.flow import ConditionalINN, FlowConfig, MLPConfig, MLPTranslator
+from train.core.common import MetricsLog, UserError, atomic_write_json, load_run_weights, lr_at, read_json
+from train.core.flow import ConditionalINN, FlowConfig
+from train.core.loop import CHECKPOINT, Checkpointed, run_steps
+from train.core.loop import resume as resume_checkpoint
+from train.core.mlp import MLPConfig, MLPTranslator
 
 WHITEN_SAMPLES = 16384     # training conditions drawn to fit FlowConfig.cond_whiten's covariance (384-d: plenty)
 
@@ -123,7 +111,8 @@ def train(kind: str, model_cfg: dict, cfg: TrainConfig, source: PairSource, out_
     out = Path(out_dir)
     rank, world = _dist_info()
     is_main = rank == 0
-    ckpt = out / "checkpoint.safetensors"
+    ckpt = out / CHECKPOINT
+    resume_run = resume
     config = {"kind": kind, "model": model_cfg, "train": asdict(cfg), **(run_info or {})}
     if resume:
         old = read_json(out / "config.json")
@@ -136,16 +125,21 @@ def train(kind: str, model_cfg: dict, cfg: TrainConfig, source: PairSource, out_
     model = build_model(kind, model_cfg).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
-    start, best_val, best_state = 0, math.inf, None
-    if resume:
-        tensors = load_tensors(ckpt)
-        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-        load_optim(opt, tensors)
-        gen.set_state(tensors["rng.batch"])
-        unpack_rng_state(tensors)
-        start = int(tensors["trainer.step"].item())
-        best_val = float(tensors["trainer.best_val"].item()) if "trainer.best_val" in tensors else math.inf
-        best_state = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")} or None
+    best = {"val": math.inf, "state": None}        # model selection on the held-out split (early stopping)
+
+    def best_tensors() -> dict:
+        if best["state"] is None:
+            return {}
+        return {"trainer.best_val": torch.tensor([best["val"]]), **{f"best.{k}": v for k, v in best["state"].items()}}
+
+    def load_best(tensors: dict) -> None:
+        best["val"] = float(tensors["trainer.best_val"].item()) if "trainer.best_val" in tensors else math.inf
+        best["state"] = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")} or None
+
+    ck = Checkpointed({"model": model}, {"optim": opt}, gen, extra_tensors=best_tensors, load_extra=load_best)
+    start = 0
+    if resume_run:
+        start = resume_checkpoint(ck, ckpt)
     else:
         model.set_standardization(*source.statistics())
         if kind == "cinn":
@@ -163,26 +157,13 @@ def train(kind: str, model_cfg: dict, cfg: TrainConfig, source: PairSource, out_
     if world > 1:
         objective = nn.parallel.DistributedDataParallel(objective)
 
-    def save(step: int) -> None:
-        tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-        tensors.update(optim_tensors(opt))
-        tensors.update(pack_rng_state())
-        tensors["rng.batch"] = gen.get_state()
-        tensors["trainer.step"] = torch.tensor([step])
-        if best_state is not None:
-            tensors["trainer.best_val"] = torch.tensor([best_val])
-        tensors.update({f"best.{k}": v for k, v in (best_state or {}).items()})
-        save_tensors(ckpt, tensors)
-
     val_c, val_z = source.validation()
     log = MetricsLog(out / "metrics.csv", ["step", "train_loss", "val_loss", "lr", "samples_per_s"],
-                     append=resume) if is_main else None
+                     append=resume_run) if is_main else None
     per_rank = max(1, cfg.batch_size // world)
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not is_main,
-               desc=f"train {kind}", dynamic_ncols=True, mininterval=progress_interval())
-    t0, seen, val_loss = time.perf_counter(), 0, float("nan")
-    model.train()
-    for step in bar:
+    t0, seen, val_loss = time.perf_counter(), [0], [float("nan")]
+
+    def step_fn(step: int) -> dict:
         lr = lr_at(step, cfg)
         for g in opt.param_groups:
             g["lr"] = lr
@@ -205,21 +186,26 @@ def train(kind: str, model_cfg: dict, cfg: TrainConfig, source: PairSource, out_
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
-        seen += per_rank * world
-        done = step + 1
-        if is_main and (done % cfg.val_every == 0 or done == cfg.steps):
-            model.eval()
-            val_loss = evaluate_nll(model, val_c.to(device), val_z.to(device))
-            if val_loss < best_val:         # model selection on the held-out split (early stopping)
-                best_val = val_loss
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            model.train()
-            rate = seen / (time.perf_counter() - t0)
-            log.write(step=done, train_loss=f"{loss.item() / (z.shape[1] if kind == 'cinn' else 1):.5f}",
-                      val_loss=f"{val_loss:.5f}", lr=f"{lr:.3e}", samples_per_s=f"{rate:.0f}")
-            bar.set_postfix(loss=f"{loss.item():.3f}", val=f"{val_loss:.4f}", sps=f"{rate:.0f}")
-        if is_main and (done % cfg.ckpt_every == 0 or done == cfg.steps):
-            save(done)
+        seen[0] += per_rank * world
+        return {"loss": loss, "lr": lr, "dim": z.shape[1]}
+
+    def validate(done: int, out_: dict) -> dict:
+        model.eval()
+        val_loss[0] = evaluate_nll(model, val_c.to(device), val_z.to(device))
+        if val_loss[0] < best["val"]:
+            best["val"] = val_loss[0]
+            best["state"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        model.train()
+        rate = seen[0] / (time.perf_counter() - t0)
+        loss = out_["loss"].item()
+        log.write(step=done, train_loss=f"{loss / (out_['dim'] if kind == 'cinn' else 1):.5f}",
+                  val_loss=f"{val_loss[0]:.5f}", lr=f"{out_['lr']:.3e}", samples_per_s=f"{rate:.0f}")
+        return {"loss": f"{loss:.3f}", "val": f"{val_loss[0]:.4f}", "sps": f"{rate:.0f}"}
+
+    model.train()
+    run_steps(step_fn, start=start, steps=cfg.steps, ck=ck, path=ckpt, ckpt_every=cfg.ckpt_every,
+              hooks=[(cfg.val_every, validate)], desc=f"train {kind}", enabled=is_main)
+    best_val, best_state, seen, val_loss = best["val"], best["state"], seen[0], val_loss[0]
     if is_main:
         elapsed = time.perf_counter() - t0
         unit = "nats/dim" if kind == "cinn" else "mse"

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Protocol
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 
 @dataclass
@@ -43,6 +43,17 @@ class FlowConfig:
         d = dict(d)
         d["cond_shape"] = tuple(d["cond_shape"])
         return cls(**d)
+
+
+class InvertibleBlock(Protocol):
+    """The protocol of every invertible piece (FrEIA's shape): both directions return (output, log-det).
+
+    `forward(v, h)` runs the τ direction (Eq. 1) and returns log|det ∂z/∂v| per sample; `inverse(z, h)`
+    runs τ⁻¹ (Eq. 2) and returns log|det ∂v/∂z|, so the two log-dets of one input sum to 0. `h` is the
+    embedded condition H(zΦ) (Eq. 19), ignored by unconditional pieces."""
+
+    def forward(self, v: torch.Tensor, h: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def inverse(self, z: torch.Tensor, h: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 def soft_clamp(s: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -303,59 +314,3 @@ class ConditionalINN(nn.Module):
         cond = cond.repeat_interleave(num_samples, dim=0)
         v = torch.randn(cond.shape[0], self.cfg.target_dim, generator=generator).to(cond.device) * temperature
         return self.forward(v, cond)
-
-
-@dataclass
-class MLPConfig:
-    """The deterministic baseline of Sec. E: embedder H + a NeRF-style FC net [46] (8 x 256, one skip)."""
-    target_dim: int
-    cond_shape: tuple[int, ...]
-    embed_dim: int = 64
-    embed_hidden: int = 256
-    embed_depth: int = 2
-    hidden: int = 256
-    depth: int = 8
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "MLPConfig":
-        d = dict(d)
-        d["cond_shape"] = tuple(d["cond_shape"])
-        return cls(**d)
-
-
-class MLPTranslator(nn.Module):
-    """zΘ = MLP(H(zΦ)), trained by MSE. Same `sample` interface as the cINN; every sample is the same
-    point (the mean), which is exactly the failure mode Sec. E shows."""
-
-    def __init__(self, cfg: MLPConfig):
-        super().__init__()
-        self.cfg = cfg
-        emb = FlowConfig(cfg.target_dim, cfg.cond_shape, cfg.embed_dim, cfg.embed_hidden, cfg.embed_depth)
-        self.embedder = VectorEmbedder(emb) if len(cfg.cond_shape) == 1 else ConvEmbedder(emb)
-        half = cfg.depth // 2
-        self.head = mlp(cfg.embed_dim, cfg.hidden, cfg.hidden, half)
-        self.tail = mlp(cfg.hidden + cfg.embed_dim, cfg.target_dim, cfg.hidden, cfg.depth - half)
-        self.register_buffer("cond_mean", torch.zeros(cfg.cond_shape))
-        self.register_buffer("cond_std", torch.ones(cfg.cond_shape))
-        self.register_buffer("target_mean", torch.zeros(cfg.target_dim))
-        self.register_buffer("target_std", torch.ones(cfg.target_dim))
-        self.cond_whitening = None           # the baseline keeps per-dim standardisation
-
-    set_standardization = ConditionalINN.set_standardization
-    embed = ConditionalINN.embed
-
-    def forward(self, cond: torch.Tensor) -> torch.Tensor:
-        h = self.embed(cond)
-        x = self.tail(torch.cat([F.leaky_relu(self.head(h), 0.01), h], 1))   # the NeRF skip connection
-        return x * self.target_std + self.target_mean
-
-    def loss(self, z: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """Per-sample MSE in standardised latent units."""
-        return (((self.forward(cond) - z) / self.target_std) ** 2).mean(1)
-
-    @torch.no_grad()
-    def sample(self, cond, num_samples: int = 1, temperature: float = 1.0, generator=None) -> torch.Tensor:
-        return self.forward(cond).repeat_interleave(num_samples, dim=0)

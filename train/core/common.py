@@ -19,21 +19,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-
-class UserError(Exception):
-    """A problem with the user's input or environment; printed as one line, exit code 2."""
-
-
-def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> None:
-    try:
-        code = main(argv)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
-    sys.exit(code or 0)
+from train.core.errors import UserError, run_cli  # noqa: F401  (re-exported: most modules import them from here)
 
 
 def progress_interval() -> float:
