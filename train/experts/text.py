@@ -1,25 +1,15 @@
-"""Fixed, pretrained experts behind one small interface (Sec. 3: "no gradient w.r.t. f and g").
-
-An expert is an `nn.Module` with `name`, `output_dim`, `encode(x) -> z` and, where it exists,
-`decode(z) -> x`. `freeze` puts it in eval mode with `requires_grad=False`, so a cINN trained on its
-outputs can never change it (tests check this).
-"""
+"""The text encoder Φ: a sentence-transformers model (all-MiniLM-L6-v2 by default) as a frozen expert."""
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-from train.common import UserError
-
-
-def freeze(module: nn.Module) -> nn.Module:
-    module.eval()
-    for p in module.parameters():
-        p.requires_grad_(False)
-    return module
+from train.core.common import UserError
+from train.experts.base import freeze
 
 
 def default_text_encoder_path() -> str:
@@ -93,3 +83,9 @@ class TextEncoder(nn.Module):
             for text, emb in zip(chunk, self.forward(*self.tokenize(chunk))):
                 self._cache[text] = emb
         return torch.stack([self._cache[t] for t in texts]) if texts else torch.zeros(0, self.output_dim)
+
+
+@functools.lru_cache(maxsize=2)
+def cached_text_encoder(path: str | None) -> TextEncoder:
+    """One TextEncoder per folder and process (its embedding cache is shared too)."""
+    return TextEncoder(path)

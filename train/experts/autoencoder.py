@@ -15,9 +15,9 @@ decoder ends with a sub-pixel conv (pixel_shuffle), so every output pixel is sti
 the encoder flattens its 4×4 grid into the FC head instead of average-pooling it, so object
 position survives cheaply.
 
-Expert API used by the rest of the project: `load_autoencoder(run)` / `ensure_autoencoder(run)` give
-a frozen model with `encode(images) -> z` (the mean µ unless `sample=True`) and `decode(z) -> images`
-in [-1, 1].
+Expert API used by the rest of the project: `load_autoencoder(run)` (and `ensure_autoencoder` in
+train/experts/ae_training.py, which trains it first when missing) give a frozen model with
+`encode(images) -> z` (the mean µ unless `sample=True`) and `decode(z) -> images` in [-1, 1].
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from train.common import UserError, load_run_weights, read_json
+from train.core.common import UserError, load_run_weights, read_json
 
 
 @dataclass
@@ -250,15 +250,23 @@ def load_autoencoder(run_dir: str | Path) -> Autoencoder:
     return model.eval().requires_grad_(False)
 
 
-def ensure_autoencoder(run_dir: str | Path = "runs/attributes/ae", preset: str = "default",
-                       train_args: tuple[str, ...] = ()) -> Autoencoder:
-    """Load the trained autoencoder, training it first (on sprites, with `preset` and further
-    `python -m train.ae` options `train_args`, e.g. ("--size", "16")) when the run is missing."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "checkpoint.safetensors").is_file():
-        from train.ae import main as train_ae  # the trainer imports this module
+class AEEncoderStage(nn.Module):
+    """Θ as a graph: image (N, 3, H, W) in [-1, 1] -> z (the posterior mean)."""
 
-        extra = f" {' '.join(train_args)}" if train_args else ""
-        print(f"no autoencoder in {run_dir}; training one now (preset '{preset}'{extra})")
-        train_ae(["--preset", preset, "--out", str(run_dir), *train_args])
-    return load_autoencoder(run_dir)
+    def __init__(self, ae):
+        super().__init__()
+        self.ae = ae
+
+    def forward(self, image):
+        return self.ae.encoder(image)[0]
+
+
+class AEDecoderStage(nn.Module):
+    """Λ as a graph: z -> image (N, 3, H, W) in [-1, 1]."""
+
+    def __init__(self, ae):
+        super().__init__()
+        self.ae = ae
+
+    def forward(self, z):
+        return self.ae.decode(z)

@@ -1,0 +1,1 @@
+"""Frozen experts behind one protocol (base.py): autoencoder, classifiers, text encoder, BigGAN."""
