@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from train.common import UserError
+from train.core.errors import UserError
 from train.data import ATTRIBUTES, COLORS, GROUPS, SHAPES
 
 TRAIN_TEMPLATES = [

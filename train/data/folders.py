@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from train.common import UserError
+from train.core.errors import UserError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 CELEBA_SPLITS = {"train": 0, "val": 1, "test": 2}

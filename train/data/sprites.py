@@ -26,6 +26,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from train.core.errors import UserError
 from train.data import ATTRIBUTES, COLORS, SHAPES
 from train.data.captions import make_caption
 
@@ -201,7 +202,6 @@ def first_test_renders(count: int, size: int, offset: int = 0) -> tuple[np.ndarr
     """`render_batch` of test sprites offset .. offset+count-1: the fixed images every evaluation scores."""
     start, stop = SPLITS["test"]
     if offset + count > stop - start:
-        from train.common import UserError
         raise UserError(f"asked for test sprites up to {offset + count}; the test split holds {stop - start} "
                         f"(lower --num-images)")
     return render_batch(range(start + offset, start + offset + count), "test", size)

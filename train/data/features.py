@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from train.common import UserError
+from train.core.common import UserError
 
 FORMATS = (".npy", ".npz", ".safetensors")
 
