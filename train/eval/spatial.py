@@ -1,4 +1,4 @@
-"""Grids and the measured evaluation of the spatial sprites tasks (train/tasks_spatial.py).
+"""Grids and the measured evaluation of the spatial sprites tasks (train/tasks/spatial.py).
 
 exemplar (Sec. 4.3, Fig. 7a):  samples Λ(τ(v | Φ(x))), v ~ N(0, I), and exemplar-guided synthesis
                                Λ(τ(τ⁻¹(Θ(y) | Φ(y)) | Φ(x))), Φ = the pooled object mask.
@@ -16,13 +16,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from train.common import UserError
+from train.core.common import UserError
 from train.data import ATTRIBUTES, GROUPS
+from train.data.deform import deform, mask_condition, read_mask
+from train.data.latents import encode_images
 from train.data.sprites import SPLITS, first_test_renders, to_tensor, to_uint8
-from train.grids import save_grid
-from train.sprite_eval import _diversity, load_task_run, mlp_baseline
-from train.tasks_spatial import deform, iou, mask_condition, read_mask
-from train.tasks_sprites import encode_images
+from train.eval.grids import save_grid
+from train.eval.metrics import diversity, iou
+from train.eval.translator import load_task_run, mlp_baseline
+from train.experts.classifier_training import ensure_oracle
 
 LAYOUT = ["shape", "pos_left", "pos_top", "size_large"]     # what a mask fixes; what d destroys (App. C)
 STYLE = ["color", "bg_dark", "style_outline"]               # appearance: neither in the mask nor touched by d
@@ -109,7 +111,7 @@ def evaluate_exemplar(translator, oracle, config: dict, images, attrs, masks, se
             "mask_iou_transfer": float(iou(read_mask(moved), masks[:n]).mean()),
             "style_transfer": _mean(style), "layout_from_mask": _mean(layout),
             "per_factor": {"style_from_exemplar": style, "layout_from_mask": layout},
-            "diversity": _diversity(translator, cond[:50], 8, seed)}
+            "diversity": diversity(translator, cond[:50], 8, seed)}
 
 
 def evaluate_shape(translator, oracle, config: dict, images, attrs, seed: int) -> dict:
@@ -128,32 +130,31 @@ def evaluate_shape(translator, oracle, config: dict, images, attrs, seed: int) -
 
     # App. C recombines with Θ(x); `deformed_appearance` conditions on Θ(d(x)) instead, as in training
     return {**scores(z[n:]), "deformed_appearance": scores(z_dx),
-            "diversity": _diversity(translator, z[n:n + 50], 8, seed)}
+            "diversity": diversity(translator, z[n:n + 50], 8, seed)}
 
 
-def evaluate_run(args) -> dict:
-    """`python -m train.evaluate --task exemplar|shape --run runs/<task>/cinn --json`."""
-    from train.classifier import ensure_oracle
-    run = Path(args.run)
+def evaluate_run(req) -> dict:
+    """`python -m train.evaluate --task exemplar|shape --run runs/<task>/cinn --json` (an EvalRequest)."""
+    run = Path(req.run)
     translator, config = load_task_run(run)
     if config.get("task") not in ("exemplar", "shape"):
         raise UserError(f"{run} is a run of task '{config.get('task')}', not exemplar or shape")
-    size, n = translator.ae.image_size, args.num_images
-    oracle = ensure_oracle(args.oracle, size)
+    size, n = translator.ae.image_size, req.num_images
+    oracle = ensure_oracle(req.oracle, size)
     images, attrs, masks = first_test_renders(2 * n, size)
     result = {"task": config["task"], "run": str(run), "num_pairs": n}
     if config["task"] == "exemplar":
         def one(t):
-            return evaluate_exemplar(t, oracle, config, images, attrs, masks, args.seed)
-        recon = to_uint8(translator._decode(encode_images(translator.ae, images[:n])))
+            return evaluate_exemplar(t, oracle, config, images, attrs, masks, req.seed)
+        recon = to_uint8(translator.decode(encode_images(translator.ae, images[:n])))
         result["reference"] = {"mask_reader_iou_renders": float(iou(read_mask(images[:n]), masks[:n]).mean()),
                                "mask_iou_ae_reconstruction": float(iou(read_mask(recon), masks[:n]).mean())}
     else:
         def one(t):
-            return evaluate_shape(t, oracle, config, images, attrs, args.seed)
+            return evaluate_shape(t, oracle, config, images, attrs, req.seed)
         start = SPLITS["test"][0]
         # what d leaves readable: the oracle on d(y) against y's attributes (position -> 0.5 = destroyed)
-        seen = factor_values(oracle.predict(deform(images[:n], range(start, start + n), args.seed)))
+        seen = factor_values(oracle.predict(deform(images[:n], range(start, start + n), req.seed)))
         truth = factor_values(attrs[:n])
         result["deformation_keeps"] = {f: float((seen[f] == truth[f]).mean()) for f in LAYOUT + STYLE}
     return {**result, **one(translator), **mlp_baseline(run, translator, one)}

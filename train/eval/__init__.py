@@ -1,0 +1,1 @@
+"""Metrics and one evaluation module per task family."""
