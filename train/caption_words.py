@@ -16,7 +16,9 @@ import json
 
 import torch.nn.functional as F
 
+from train.core.common import run_cli
 from train.data.captions import HELDOUT_WORDS, TRAIN_WORDS
+from train.experts.text import TextEncoder
 
 
 def neighbours(encoder) -> list[dict]:
@@ -45,7 +47,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--text-encoder", help="sentence-transformers folder (default: all-MiniLM-L6-v2)")
     ap.add_argument("--json", action="store_true", help="print the rows as one JSON list")
     args = ap.parse_args(argv)
-    from train.experts import TextEncoder
     rows = neighbours(TextEncoder(args.text_encoder))
     if args.json:
         print(json.dumps(rows, indent=1))
@@ -66,5 +67,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from train.common import run_cli
     run_cli(main)

@@ -1,82 +1,27 @@
-"""A synthetic conditional density with a known conditional entropy H(zΘ | zΦ), to measure the cINN.
+"""Write the synthetic conditional-density benchmark (train/data/synthetic.py) for the `features` task.
 
-zΦ = c ~ N(0, I_4);  zΘ = μ(c) + L(c)·g(ε),  ε ~ N(0, I_8)
-  μ      nonlinear in c,
-  L(c)   lower triangular: heteroscedastic diagonal exp(a(c)) and fixed off-diagonal terms (dependent dims),
-  g      elementwise u = ε + β·tanh(ε) (non-Gaussian, invertible, g' = 1 + β·(1 - tanh²) > 0).
-Change of variables: H(zΘ | c) = H(ε) + E[Σ log g'(ε)] + E_c[Σ a(c)], estimated by Monte Carlo.
-
-`python -m train.synthetic --out DIR` writes source.npy / target.npy (and a test split) for the
-`features` task, plus truth.json with the conditional entropy in nats per target dim.
+    python -m train.synthetic --out runs/synthetic/data [--n 40000] [--n-test 10000] [--seed 0]
 """
 from __future__ import annotations
 
 import argparse
-import math
-from pathlib import Path
 
-import numpy as np
-
-SOURCE_DIM, TARGET_DIM, BETA = 4, 8, 0.6
+from train.core.common import run_cli
+from train.data.synthetic import write_benchmark
 
 
-def _params():
-    rng = np.random.default_rng(1234)       # the distribution itself is fixed; `seed` only draws pairs
-    return {
-        "A": rng.normal(size=(TARGET_DIM, SOURCE_DIM)) / 2,
-        "B": rng.normal(size=(TARGET_DIM, SOURCE_DIM)),
-        "W": rng.normal(size=(TARGET_DIM, SOURCE_DIM)) / 2,
-        "off": np.tril(rng.normal(size=(TARGET_DIM, TARGET_DIM)) * 0.5, -1),
-    }
-
-
-def _log_diag(c, p):
-    return 0.7 * np.tanh(c @ p["W"].T) - 0.3            # a(c), log of L's diagonal
-
-
-def sample_pairs(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    p = _params()
-    rng = np.random.default_rng(seed)
-    c = rng.normal(size=(n, SOURCE_DIM))
-    eps = rng.normal(size=(n, TARGET_DIM))
-    u = eps + BETA * np.tanh(eps)
-    mu = np.sin(c @ p["A"].T) * 2 + 0.5 * (c @ p["B"].T) ** 2 / SOURCE_DIM
-    diag = np.exp(_log_diag(c, p))
-    z = mu + diag * u + u @ p["off"].T                  # L(c) = diag(exp a(c)) + off, lower triangular
-    return c.astype(np.float32), z.astype(np.float32)
-
-
-def true_conditional_entropy(n: int = 1_000_000, seed: int = 99) -> float:
-    """H(zΘ | zΦ) in nats per target dim (Monte Carlo, standard error ~1e-4)."""
-    p = _params()
-    rng = np.random.default_rng(seed)
-    c = rng.normal(size=(n, SOURCE_DIM))
-    eps = rng.normal(size=(n, TARGET_DIM))
-    h_eps = 0.5 * TARGET_DIM * math.log(2 * math.pi * math.e)
-    log_gprime = np.log1p(BETA * (1 - np.tanh(eps) ** 2)).sum(1).mean()
-    log_diag = _log_diag(c, p).sum(1).mean()
-    return float((h_eps + log_gprime + log_diag) / TARGET_DIM)
-
-
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m train.synthetic", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/synthetic/data", help="output folder")
     ap.add_argument("--n", type=int, default=40_000, help="training pairs")
     ap.add_argument("--n-test", type=int, default=10_000, help="test pairs")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for name, n, seed in (("train", args.n, args.seed), ("test", args.n_test, args.seed + 1)):
-        c, z = sample_pairs(n, seed)
-        np.save(out / f"{name}_source.npy", c)
-        np.save(out / f"{name}_target.npy", z)
-    h = true_conditional_entropy()
-    from train.common import atomic_write_json
-    atomic_write_json(out / "truth.json", {"conditional_entropy_nats_per_dim": h, "source_dim": SOURCE_DIM,
-                                           "target_dim": TARGET_DIM})
-    print(f"wrote {out}/{{train,test}}_{{source,target}}.npy; true H(z|c) = {h:.4f} nats/dim")
+    h = write_benchmark(args.out, args.n, args.n_test, args.seed)
+    print(f"wrote {args.out}/{{train,test}}_{{source,target}}.npy; true H(z|c) = {h:.4f} nats/dim")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -1,0 +1,139 @@
+"""Translation tasks on the embedded sprites, all sharing one frozen autoencoder g = Λ∘Θ (Appendix F).
+
+  attributes  (Sec. 4.3, Fig. 6)  zΦ = the 13-d attribute vector (H embeds it inside τ)
+  text2image  (net2net "SBERT-to-AE")  zΦ = all-MiniLM-L6-v2 embedding of a caption of the image
+
+Pairs are (zΦ(y), Θ(y)) for rendered images y. Θ(y) of a fixed set of training renders is computed
+once and cached beside the AE run (the AE is frozen, so this is exact); captions are drawn afresh
+for every batch from a pool of `captions_per_image` train-template captions per image, whose
+embeddings are cached the same way (the sentence encoder is frozen too).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from train.core.presets import derive, select
+from train.data import ATTRIBUTES
+from train.data.latents import caption_pool, embed_captions, sprite_latents
+from train.data.pairs import SpritePairs
+from train.data.sprites import sprite_attributes
+from train.eval.sprites import evaluate_run, write_grids
+from train.experts.ae_training import AESpec, load_ae
+from train.experts.autoencoder import AEDecoderStage, AEEncoderStage
+from train.experts.base import Experts
+from train.experts.text import TextEncoder
+from train.tasks.contract import PairRequest, RunResult, Task, TrainingPairs, option
+
+DEFAULT_AE = "runs/attributes/ae"
+
+# `data`: renders whose latents train τ, validation renders, captions per training image.
+SPRITE_PRESETS = {
+    "smoke": {"flow": {"num_blocks": 2, "hidden": 32, "embed_hidden": 32},
+              "train": {"steps": 20, "batch_size": 32, "val_every": 10, "ckpt_every": 10, "warmup": 5},
+              "data": {"images": 256, "text_images": 256, "val_images": 64, "captions_per_image": 2,
+                       "ae_preset": "smoke"}},
+    "default": {"flow": {"num_blocks": 10, "hidden": 256, "depth": 2, "embed_dim": 64},
+                "train": {"steps": 4000, "batch_size": 256, "lr": 1e-3, "val_every": 250},
+                "data": {"images": 60000, "text_images": 10000, "val_images": 1000, "captions_per_image": 2,
+                         "ae_preset": "default"}},
+    "paper": {"flow": {"num_blocks": 20, "hidden": "8d", "depth": 4, "embed_dim": 128},
+              "train": {"steps": 50000, "batch_size": 25, "lr": 1e-4},
+              "data": {"images": 50000, "text_images": 50000, "val_images": 2000, "captions_per_image": 4,
+                       "ae_preset": "default"}},
+}
+
+
+# Default steps fit the demo's 30-minute budget (issue 9); decaying target noise (trainer.TrainConfig) and
+# text2image's whitening of the sentence embedding (FlowConfig.cond_whiten): measured in docs/results.md.
+_SPRITE_DATA = {name: p["data"] for name, p in SPRITE_PRESETS.items()}
+ATTRIBUTE_PRESETS = derive(SPRITE_PRESETS, _SPRITE_DATA, steps=3000, target_noise=0.15)
+TEXT_PRESETS = derive(SPRITE_PRESETS, _SPRITE_DATA, flow={"cond_whiten": 1.0}, steps=2000, target_noise=0.15)
+
+
+@dataclass
+class SpriteOptions:
+    ae: str = option(DEFAULT_AE, "sprites tasks: autoencoder run (trained first if missing)")
+    text_encoder: str | None = option(help="text tasks: sentence-transformers folder (default: all-MiniLM-L6-v2)")
+    caption_cache: str | None = option(help="text2image: folder of cached caption embeddings "
+                                             "(default: 'captions' beside the --ae run folder)")
+
+
+def sprite_ae(req: PairRequest):
+    """The frozen sprites AE of a request, trained first with the preset's `ae_preset` when missing."""
+    return load_ae(req.options.ae, AESpec(preset=req.data["ae_preset"]))
+
+
+def _attributes_pairs(req: PairRequest) -> TrainingPairs:
+    ae = sprite_ae(req)
+    a, z = sprite_latents(req.options.ae, ae, "train", req.data["images"])
+    va, vz = sprite_latents(req.options.ae, ae, "val", req.data["val_images"])
+    info = {"task": "attributes", "ae": req.options.ae, "data": req.data, "attribute_names": ATTRIBUTES}
+    return TrainingPairs(SpritePairs(a.unsqueeze(1), z, va, vz), info)
+
+
+def caption_cache_dir(options: SpriteOptions) -> Path:
+    return Path(options.caption_cache or Path(options.ae).parent / "captions")
+
+
+def caption_embeddings(options: SpriteOptions, data: dict, seed: int) -> tuple[TextEncoder, torch.Tensor]:
+    """The text encoder and the (text_images, captions_per_image, dim) embeddings of the training caption
+    pool. Needs no autoencoder (attributes come from the renderer's factors), so it can run — and fill its
+    cache — while the AE trains."""
+    encoder = TextEncoder(options.text_encoder)
+    count, k = data["text_images"], data["captions_per_image"]
+    a = torch.from_numpy(sprite_attributes(range(count), "train"))
+    cache = caption_cache_dir(options) / f"captions_{Path(encoder.path).name}_{count}x{k}_s{seed}.safetensors"
+    texts = [t for pool in caption_pool(a, k, "train", seed) for t in pool]
+    return encoder, embed_captions(encoder, texts, cache).reshape(count, k, -1)
+
+
+def embed_training_captions(options: SpriteOptions, preset: str = "default", seed: int = 0) -> Path:
+    """Fill text2image's caption-embedding cache ahead of training; returns the cache folder."""
+    _, cond = caption_embeddings(options, select(TEXT_PRESETS, preset, "text2image").data, seed)
+    print(f"caption embeddings {tuple(cond.shape)} cached in {caption_cache_dir(options)}")
+    return caption_cache_dir(options)
+
+
+def _text_pairs(req: PairRequest) -> TrainingPairs:
+    encoder, cond = caption_embeddings(req.options, req.data, req.seed)   # first: a missing AE then trains after
+    ae = sprite_ae(req)
+    # fewer images than `attributes`: every caption costs a MiniLM forward pass on the CPU
+    a, z = sprite_latents(req.options.ae, ae, "train", req.data["text_images"])
+    va, vz = sprite_latents(req.options.ae, ae, "val", req.data["val_images"])
+    val_texts = [p[0] for p in caption_pool(va, 1, "train", req.seed + 1)]
+    val_cond = encoder.encode(val_texts)
+    info = {"task": "text2image", "ae": req.options.ae, "data": req.data, "text_encoder": encoder.path}
+    return TrainingPairs(SpritePairs(cond, z, val_cond, vz), info)
+
+
+def sprite_experts(config: dict) -> Experts:
+    ae = load_ae(config["ae"])
+    text = config.get("task") == "text2image"
+    source = TextEncoder(config["text_encoder"]) if text else None
+    info = {"image_size": ae.image_size, "warnings": []}
+    if text:
+        info.update(tokenizer_dir=source.path, max_tokens=source.max_tokens)
+    else:
+        info["attribute_names"] = ATTRIBUTES
+    return Experts(source_encoder=source, target_encoder=AEEncoderStage(ae), target_decoder=AEDecoderStage(ae),
+                   info=info)
+
+
+def _grids(result: RunResult) -> None:
+    write_grids(result.run, result.model)
+
+
+@dataclass
+class SpriteEval:
+    """Evaluation options of attributes / text2image (--captions is a generic flag of train.evaluate)."""
+
+
+TASKS = {
+    "attributes": Task("attributes", "attribute vector -> sprites AE (editing, Fig. 6)", _attributes_pairs,
+                       ATTRIBUTE_PRESETS, SpriteOptions, sprite_experts, _grids, evaluate_run),
+    "text2image": Task("text2image", "MiniLM sentence embedding -> sprites AE (Fig. 1 style)", _text_pairs,
+                       TEXT_PRESETS, SpriteOptions, sprite_experts, _grids, evaluate_run),
+}
