@@ -11,8 +11,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from bench.cases import BundleData, Skip, checkpoint_of
+from bench.types import BundleData, Skip, checkpoint_of
 from runtime.pipeline import images_from_model, images_to_model
+from train.core.common import UserError
+from train.core.translator import load_translator
+from train.experts.base import Experts
+from train.tasks.registry import task_of_run
 
 
 def _method(module, name: str):
@@ -22,15 +26,10 @@ def _method(module, name: str):
 
 def _rebuild(data: BundleData):
     """(ConditionalINN, Experts) from the run the bundle was exported from."""
-    from train.common import UserError
-    from train.tasks import TASKS, Experts, load_all
-    from train.trainer import load_translator
     run = checkpoint_of(data)
     try:
         model, config = load_translator(run)
-        task = TASKS.get(data.manifest["task"]) or load_all().get(data.manifest["task"])   # base tasks import fast
-        if task is None:
-            raise Skip(f"task '{data.manifest['task']}' is not registered in train.tasks")
+        task = task_of_run(config, config.get("task_ref") or data.manifest["task"])
         experts = task.experts(config) if task.experts is not None else Experts()
     except (UserError, OSError, KeyError, ValueError) as e:
         raise Skip(f"cannot rebuild the PyTorch modules from {run}: {e}") from None

@@ -13,7 +13,7 @@ import time
 import torch
 import torch.nn as nn
 
-from train.flow import ConditionalINN, FlowConfig, VectorEmbedder, mlp
+from train.core.flow import ConditionalINN, FlowConfig, VectorEmbedder, mlp
 
 
 def _freia_model(cfg: FlowConfig):

@@ -24,8 +24,8 @@ graph (MatMul weights int8, activations quantized per batch at run time); the sa
 same float weights gives identical int8 weights in both directions, which the export verifies.
 
 Validation pairs (validation/*.npy): `--val-source/--val-target` files if given; else the task's own
-held-out split, rebuilt from the run's config.json exactly as the trainer built it; if that fails (data
-moved), pairs sampled from the model (zΦ from its stored standardisation, zΘ = τ(v | zΦ)). The
+held-out split (`Task.held_out_pairs`: rebuilt from the run's config.json exactly as the trainer built it);
+if that fails (data moved), pairs sampled from the model (zΦ from its stored standardisation, zΘ = τ(v | zΦ)). The
 manifest's `validation.origin` says which.
 """
 from __future__ import annotations
@@ -48,10 +48,12 @@ import torch.nn as nn
 
 from export.bundle import ExportError, add_int8, hash_tree, session, stage_entry, write_manifest
 from runtime.manifest import SCHEMA_VERSION, l2_rel, max_rel, sha256_file, stage_io, stage_name
-from train.common import UserError, run_cli
-from train.flow import ConditionalINN
-from train.tasks import Experts, load_all
-from train.trainer import load_translator
+from train.core.common import UserError, run_cli
+from train.core.flow import ConditionalINN
+from train.core.translator import load_translator
+from train.data.features import load_pairs
+from train.experts.base import Experts
+from train.tasks.registry import BUILTIN, load_task
 
 DEFAULT_OPSET = 17
 PARITY_TOL, ROUNDTRIP_TOL = 1e-4, 1e-5
@@ -182,20 +184,6 @@ def torch_roundtrip(model: ConditionalINN, z: np.ndarray, cond: np.ndarray) -> f
     zt, ct = torch.from_numpy(z), torch.from_numpy(cond)
     v, _ = model.inverse(zt, ct)
     return l2_rel(model(v, ct).numpy(), z)
-
-
-def task_validation(task, config: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """The task's held-out pairs, rebuilt from what the run recorded in config.json."""
-    from train.cinn import build_parser
-    args = build_parser().parse_args(["--task", task.name])
-    recorded = {k: v for k, v in config.items() if k not in ("model", "train", "kind", "task")}
-    recorded.update(config.get("data") or {})
-    for key, value in recorded.items():
-        if hasattr(args, key):
-            setattr(args, key, value)
-    args.seed = config["train"]["seed"]
-    source, _ = task.make_source(args)
-    return source.validation()
 
 
 def model_samples(model: ConditionalINN, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -388,14 +376,13 @@ def export_bundle(model: ConditionalINN, experts: Experts, out: str | Path, *, t
 
 def validation_pairs(task, config: dict, model: ConditionalINN, args) -> tuple[np.ndarray, np.ndarray, str]:
     if args.val_source or args.val_target:
-        from train.features import load_pairs
         if not (args.val_source and args.val_target):
             raise UserError("--val-source and --val-target go together")
         cond, z = load_pairs(args.val_source, args.val_target)
         origin = f"files {args.val_source}, {args.val_target}"
     else:
         try:
-            cond, z = (t.numpy() for t in task_validation(task, config))
+            cond, z = (t.numpy() for t in task.held_out_pairs(config))
             origin = "task validation split (rebuilt from config.json)"
         except (UserError, OSError, ValueError, KeyError, TypeError) as e:
             print(f"note: cannot rebuild the task's validation split ({e}); using pairs sampled from the model")
@@ -405,10 +392,11 @@ def validation_pairs(task, config: dict, model: ConditionalINN, args) -> tuple[n
 
 
 def main(argv: list[str] | None = None) -> int:
-    tasks = load_all()
     ap = argparse.ArgumentParser(prog="python -m export.onnx", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--task", required=True, choices=sorted(tasks))
+    ap.add_argument("--task", required=True,
+                    help=f"{' | '.join(BUILTIN)} | FILE.py:NAME | package.module:NAME "
+                         f"(your own task: docs/custom-experts.md)")
     ap.add_argument("--run", help="trained cINN run folder (default runs/TASK/cinn)")
     ap.add_argument("--out", help="bundle folder (default engines/TASK)")
     ap.add_argument("--precision", default="fp32", choices=["fp32", "int8"], help="int8 adds int8 flow stages")
@@ -419,15 +407,15 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.val_pairs < 1 or args.opset < 14:
         raise UserError("--val-pairs must be >= 1 and --opset >= 14")
-    task = tasks[args.task]
-    run, out = Path(args.run or f"runs/{args.task}/cinn"), Path(args.out or f"engines/{args.task}")
+    task = load_task(args.task)
+    run, out = Path(args.run or f"runs/{task.name}/cinn"), Path(args.out or f"engines/{task.name}")
     model, config = load_translator(run)
-    if config.get("task", args.task) != args.task:
-        raise UserError(f"{run} is a run of task '{config['task']}', not '{args.task}'")
+    if config.get("task", task.name) != task.name:
+        raise UserError(f"{run} is a run of task '{config['task']}', not '{task.name}'")
     experts = task.experts(config) if task.experts is not None else Experts()
     cond, z, origin = validation_pairs(task, config, model, args)
     source = {"run": str(run), "checkpoint_sha256": sha256_file(run / "checkpoint.safetensors"), "task_config": config}
-    m = export_bundle(model, experts, out, task=args.task, cond=cond, z=z, origin=origin, source=source,
+    m = export_bundle(model, experts, out, task=task.name, cond=cond, z=z, origin=origin, source=source,
                       opset=args.opset, int8=args.precision == "int8")
     print(f"wrote {out}: stages {', '.join(sorted(m['stages']))}; {len(z)} validation pairs ({origin})")
     worst = max(max(r.values()) for r in m["checks"]["parity"].values())

@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         bundle = Path(args.bundle or args.out or f"engines/{args.task}")
         if args.task and not (bundle / "manifest.json").is_file():
             from export.onnx import main as export_onnx  # the training stack is needed only here
-            from train.common import UserError
+            from train.core.errors import UserError  # torch-free; onnx export (above) is the only torch user
             try:
                 export_onnx(["--task", args.task, "--out", str(bundle)] + (["--run", args.run] if args.run else []))
             except UserError as e:

@@ -187,7 +187,7 @@ def examples(engines: Path, out: Path) -> list[Path]:
     from runtime import Pipeline
     from train.data import ATTRIBUTES
     from train.data.sprites import render_batch
-    from train.grids import save_grid
+    from train.eval.grids import save_grid
     written = []
     p = Pipeline.load(engines / "attributes")
     images, attrs, _ = render_batch(range(6), "test", p.image_shape[0])
