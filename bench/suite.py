@@ -19,6 +19,7 @@ from bench.rss import peak_rss
 from bench.targets import evaluate_targets
 from bench.timing import QUICK, Case, Plan, measure, summary
 from runtime import Pipeline
+from runtime.manifest import l2_rel, nll_per_dim
 
 BATCHES = (1, 8, 64)
 CHAIN = 100                    # Add nodes in the kernel-overhead diagnostic graph
@@ -92,7 +93,6 @@ def int8_accuracy(data: BundleData, batches=BATCHES) -> dict | None:
     both depend on which rows share a call); the verdict quantities are the worst over the batches."""
     if not data.has_int8:
         return None
-    from runtime.manifest import l2_rel, nll_per_dim
     z, cond = data.val["target"], data.val["cond"]
     v32, ld32 = Pipeline.load(data.dir, backend="onnxruntime").flow_inverse(z, cond)
     nll32 = float(nll_per_dim(v32, ld32).mean())
@@ -147,7 +147,7 @@ def bench_bundle(data: BundleData, fl: dict, batches=BATCHES, backends=BACKENDS,
 
 def training_comparison(quick: bool, threads: int = 1) -> dict:
     """bench.training at `threads` torch threads: the lead's configuration, or a tiny one in quick mode."""
-    import torch
+    import torch  # here, not at the top: the inference benchmarks run without torch
 
     from bench.training import compare_training
     torch.set_num_threads(threads)

@@ -182,7 +182,7 @@ class _Finished:
 
 def examples(engines: Path, out: Path) -> list[Path]:
     """Example outputs through the torch-free runtime: attribute edits, exemplar transfer, text samples."""
-    import numpy as np
+    import numpy as np  # here, not at the top: the scheduler process itself stays free of torch and numpy
 
     from runtime import Pipeline
     from train.data import ATTRIBUTES

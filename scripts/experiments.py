@@ -26,7 +26,7 @@ from pathlib import Path
 
 from demo import ROOT, Job, Scheduler, expert_jobs
 
-LAYERS = ("early", "middle", "last")     # train.tasks_diagnosis.LAYERS, without importing torch here
+LAYERS = ("early", "middle", "last")     # train.experts.classifier.LAYERS, without importing torch here
 TASKS = ("superres", "unpaired", "exemplar", "shape", "diagnosis")
 # the headline keys of each evaluation (issue 6), MLP beside them where the task has one
 KEYS = {"superres": ["consistency_psnr", "diversity", "attribute_agreement"],

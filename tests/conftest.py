@@ -26,7 +26,7 @@ def train_smoke(ae_run):
     import torch
 
     from train import cinn
-    from train.common import load_tensors
+    from train.core.common import load_tensors
 
     def run(task, root, *extra):
         before = load_tensors(ae_run / "checkpoint.safetensors")

@@ -8,9 +8,12 @@ from dataclasses import replace
 import pytest
 import torch
 
-from train.ae import PRESETS, SpriteBatches, TrainConfig, evaluate_ae, main, train
-from train.autoencoder import AEConfig, Autoencoder, ensure_autoencoder, load_autoencoder
-from train.common import UserError, load_tensors
+from train.ae import main
+from train.core.common import UserError, load_tensors
+from train.eval.ae import evaluate_ae
+from train.experts.ae_training import PRESETS, SpriteBatches, ensure_autoencoder, train
+from train.experts.ae_training import AETrainConfig as TrainConfig
+from train.experts.autoencoder import AEConfig, Autoencoder, load_autoencoder
 
 TINY = replace(PRESETS["smoke"][0], image_size=32)
 
@@ -155,7 +158,7 @@ def test_evaluate_ae_with_a_tiny_oracle(tmp_path):
 
 
 def test_outline_band_marks_only_the_silhouette_edge():
-    from train.ae import outline_band
+    from train.experts.ae_training import outline_band
     mask = torch.zeros(1, 1, 9, 9)
     mask[..., 2:7, 2:7] = 1                                  # a 5×5 square
     band = outline_band(mask)

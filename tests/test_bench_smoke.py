@@ -8,7 +8,7 @@ import numpy as np
 from bench.__main__ import main as bench_main
 from export import onnx as export_onnx
 from train import cinn
-from train.synthetic import sample_pairs
+from train.data.synthetic import sample_pairs
 
 ROW_KEYS = {"backend", "stage", "batch", "median_ms", "p99_ms", "throughput_per_s", "peak_rss_mb", "floor",
             "measured_over_floor", "halves_rel_diff"}

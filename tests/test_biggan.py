@@ -12,10 +12,12 @@ import torch
 from pytorch_pretrained_biggan import BigGAN, file_utils
 from pytorch_pretrained_biggan.model import PRETRAINED_CONFIG_ARCHIVE_MAP, PRETRAINED_MODEL_ARCHIVE_MAP
 
-from train import biggan as bg
-from train.common import UserError, read_json
-from train.tasks_biggan import experts
-from train.trainer import load_translator
+from train.core.common import UserError, read_json
+from train.core.translator import load_translator
+from train.data import imagenet
+from train.experts import biggan as bg
+from train.experts.biggan import biggan_experts as experts
+from train.experts.dequantizer import train_dequantizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -119,37 +121,37 @@ def test_random_init_warns_on_stderr(capsys):
 
 def test_dequantizer_reconstructs_stochastically():
     w = torch.randn(200, 128, generator=torch.Generator().manual_seed(0)) * 0.02
-    vae, metrics = bg.train_dequantizer(w, steps=300, width=64, batch=128)
+    vae, metrics = train_dequantizer(w, steps=300, width=64, batch=128)
     assert metrics["rel_error"] < 0.3 and metrics["nearest_class_acc"] > 0.95, metrics
     a, b = vae(w, torch.Generator().manual_seed(1)), vae(w, torch.Generator().manual_seed(2))
     assert not torch.equal(a, b) and float((a - b).norm() / w.norm()) > 0.01
 
 
 def test_class_names_and_captions():
-    names = bg.class_names()
+    names = imagenet.class_names()
     assert len(names) == 1000 and names[0][0] == "tench" and names[999][0] == "toilet tissue"
     assert "white shark" in names[2]
-    train = bg.class_captions(207, 8, "train")
-    heldout = bg.class_captions(207, 2, "heldout")
+    train = imagenet.class_captions(207, 8, "train")
+    heldout = imagenet.class_captions(207, 2, "heldout")
     assert len(set(train)) == 8 and len(set(heldout)) == 2 and not set(train) & set(heldout)
-    assert bg.class_captions(207, 8, "train") == train
-    assert bg.fill("a photo of {a}", "apron") == "a photo of an apron"
-    assert bg.fill("{p}", "goldfish") == "goldfish" and bg.fill("{p}", "daisy") == "daisies"
+    assert imagenet.class_captions(207, 8, "train") == train
+    assert imagenet.fill("a photo of {a}", "apron") == "a photo of an apron"
+    assert imagenet.fill("{p}", "goldfish") == "goldfish" and imagenet.fill("{p}", "daisy") == "daisies"
 
 
 def test_caption_files(tmp_path):
     good = tmp_path / "c.jsonl"
     good.write_text('{"class": 1, "text": "an orange fish"}\n\n{"class": 999, "text": "a roll"}\n')
-    assert bg.load_captions_file(good) == [(1, "an orange fish"), (999, "a roll")]
+    assert imagenet.load_captions_file(good) == [(1, "an orange fish"), (999, "a roll")]
     tsv = tmp_path / "c.tsv"
     tsv.write_text("963\ta pizza on a plate\n")
-    assert bg.load_captions_file(tsv) == [(963, "a pizza on a plate")]
+    assert imagenet.load_captions_file(tsv) == [(963, "a pizza on a plate")]
     for name, text, match in (("a.jsonl", '{"class": 1}\n', "a.jsonl:1"), ("b.jsonl", "{oops\n", "b.jsonl:1"),
                               ("c.tsv", "1\tok\n1000\tfar\n", "c.tsv:2: class must be"),
                               ("d.tsv", "no tab here\n", "d.tsv:1")):
         (tmp_path / name).write_text(text)
         with pytest.raises(UserError, match=match):
-            bg.load_captions_file(tmp_path / name)
+            imagenet.load_captions_file(tmp_path / name)
 
 
 def test_smoke_run_records_warning_and_writes_grid(smoke_run):

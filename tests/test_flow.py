@@ -3,8 +3,9 @@ import pytest
 import torch
 from torch.autograd.functional import jacobian
 
-from train.common import load_tensors, save_tensors
-from train.flow import ConditionalINN, FlowConfig, MLPConfig, MLPTranslator, soft_clamp
+from train.core.common import load_tensors, save_tensors
+from train.core.flow import ConditionalINN, FlowConfig, soft_clamp
+from train.core.mlp import MLPConfig, MLPTranslator
 
 
 def make_flow(fused=True, cond_shape=(5,), dim=7, blocks=4, seed=0, whiten=None):

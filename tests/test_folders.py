@@ -4,7 +4,7 @@ import pytest
 import torch
 from PIL import Image
 
-from train.common import UserError
+from train.core.common import UserError
 from train.data.folders import CELEBA_ATTRIBUTES, AttributeFolderDataset, CelebADataset, ImageFolderDataset, load_image
 
 FILES = [f"{i:06d}.jpg" for i in range(1, 7)]

@@ -19,7 +19,7 @@ import runtime
 from runtime import Pipeline, PipelineError
 from runtime.__main__ import main as cli
 from runtime.pipeline import images_from_model
-from train.trainer import load_translator
+from train.core.translator import load_translator
 
 
 def torch_images(x: torch.Tensor) -> np.ndarray:

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from train.common import UserError
+from train.core.common import UserError
 from train.data import ATTRIBUTES, COLORS, GROUPS, SHAPES
 from train.data.captions import (
     HELDOUT_TEMPLATES,

@@ -7,12 +7,13 @@ import pytest
 import torch
 
 from train import cinn, diagnosis, evaluate
-from train.classifier import AttributeNet
-from train.common import UserError, read_json
+from train.core.common import UserError, read_json
 from train.data import ATTRIBUTES
 from train.data.sprites import render_batch, to_tensor
-from train.tasks import load_all
-from train.tasks_diagnosis import SCORED, LayerFeatures, invariance_scores, measure, read_scored
+from train.eval.diagnosis import measure
+from train.eval.metrics import SCORED, invariance_scores, read_scored
+from train.experts.classifier import AttributeNet, LayerFeatures
+from train.tasks.registry import all_tasks as load_all
 
 
 def _smoke(ae_run, tmp_path, kind, layer, model="cinn", clf=None):
@@ -108,7 +109,7 @@ def test_smoke_runs_evaluation_and_grids(ae_run, oracle_run, tmp_path, capsys):
         out = _smoke(ae_run, tmp_path, "shape", layer)
         assert read_json(out / "config.json")["model"]["cond_shape"] == shape
         assert (out / "grids" / "samples.png").is_file()
-    assert "no shape classifier" in capsys.readouterr().out          # trained first, and said so
+    assert "no shape classifier" in capsys.readouterr().err          # trained first, and said so (on stderr)
     _smoke(ae_run, tmp_path, "shape", "last", model="mlp")
     capsys.readouterr()
     evaluate.main(["--task", "diagnosis", "--run", str(tmp_path / "shape-last" / "cinn"), "--num-images", "12",

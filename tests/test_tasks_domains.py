@@ -8,13 +8,13 @@ import pytest
 import torch
 
 from train import cinn, evaluate
-from train.ae import SpriteBatches
-from train.autoencoder import load_autoencoder
-from train.classifier import labels
-from train.common import UserError
+from train.core.common import UserError
 from train.data.sprites import area_downsample, render_batch, to_tensor, to_uint8
-from train.tasks import load_all
-from train.tasks_domains import DOMAINS, consistency_psnr, domain_onehot, evaluate_unpaired, load_run
+from train.eval.domains import DOMAINS, consistency_psnr, domain_onehot, evaluate_unpaired, load_run
+from train.experts.ae_training import SpriteBatches
+from train.experts.autoencoder import load_autoencoder
+from train.experts.classifier import labels
+from train.tasks.registry import all_tasks as load_all
 
 
 @pytest.fixture(scope="module")

@@ -8,11 +8,13 @@ import torch
 
 from train import evaluate
 from train.data import ATTRIBUTES
+from train.data.deform import deform, deformation, mask_condition, read_mask
+from train.data.latents import deformed_latents, encode_images
 from train.data.sprites import SPLITS, render_batch
-from train.spatial_eval import follows
-from train.tasks import load_all
-from train.tasks_spatial import deform, deformation, deformed_latents, iou, mask_condition, read_mask
-from train.tasks_sprites import encode_images, load_ae
+from train.eval.metrics import iou
+from train.eval.spatial import follows
+from train.experts.ae_training import load_ae
+from train.tasks.registry import all_tasks as load_all
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,9 @@ import torch
 from train import cinn, evaluate
 from train.data import ATTRIBUTES
 from train.data.sprites import render_batch, to_tensor
-from train.sprite_eval import flip, load_task_run
-from train.tasks import load_all
+from train.eval.sprites import flip
+from train.eval.translator import load_task_run
+from train.tasks.registry import all_tasks as load_all
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -96,7 +97,7 @@ def test_caption_embeddings_are_prepared_without_the_ae(tmp_path):
 
 
 def test_caption_cache_is_keyed_by_the_texts(tmp_path):
-    from train.tasks_sprites import embed_captions
+    from train.data.latents import embed_captions
 
     class Encoder:
         calls = 0

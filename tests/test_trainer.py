@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from train import cinn, evaluate
-from train.common import UserError, load_tensors
-from train.synthetic import sample_pairs
-from train.tasks import TensorPairs
+from train.core.common import UserError, load_tensors
+from train.data.pairs import TensorPairs
+from train.data.synthetic import sample_pairs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -13,6 +13,7 @@ re-weighting; nothing about the data changes.
 """
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -25,6 +26,8 @@ from torchvision.utils import save_image
 from train.core.common import MetricsLog, UserError, atomic_write_json, lr_at, read_json, seed_everything
 from train.core.loop import CHECKPOINT, Checkpointed, run_steps
 from train.core.loop import resume as resume_checkpoint
+from train.data.folders import AttributeFolderDataset, CelebADataset, ImageFolderDataset
+from train.data.sprites import SPLITS, render_batch, to_tensor
 from train.eval.metrics import psnr
 from train.experts.autoencoder import AEConfig, Autoencoder, PatchDiscriminator, load_autoencoder
 from train.experts.base import freeze
@@ -69,14 +72,10 @@ class SpriteBatches:
     """Training sprites rendered on the fly: images (N,3,H,W) in [-1, 1] and silhouettes (N,1,H,W)."""
 
     def __init__(self, size: int, style: str | None = None):
-        from train.data.sprites import SPLITS
-
         self.size, self.count = size, SPLITS["train"][1] - SPLITS["train"][0]
         self.style = style      # None/"flat", "textured", or "union": half of every batch textured
 
     def __call__(self, n: int, gen: torch.Generator):
-        from train.data.sprites import render_batch, to_tensor
-
         idx = torch.randint(self.count, (n,), generator=gen).tolist()
         n_tex = {"textured": n, "union": n // 2}.get(self.style, 0)
         parts = [render_batch(idx[:n_tex], "train", self.size, "textured"),
@@ -103,8 +102,6 @@ def make_batches(data: str, root: str | None, attr_csv: str | None, size: int, s
         return SpriteBatches(size, style)
     if root is None:
         raise UserError(f"--data {data} needs --data-root PATH")
-    from train.data.folders import AttributeFolderDataset, CelebADataset, ImageFolderDataset
-
     if data == "celeba":
         return DatasetBatches(CelebADataset(root, "train", size))
     return DatasetBatches(AttributeFolderDataset(root, attr_csv, size) if attr_csv else ImageFolderDataset(root, size))
@@ -276,7 +273,7 @@ def ensure_autoencoder(run_dir: str | Path = "runs/attributes/ae", spec: AESpec 
     run_dir = Path(run_dir)
     if not (run_dir / CHECKPOINT).is_file():
         spec = spec or AESpec()
-        print(f"no autoencoder in {run_dir}; training one now ({spec.describe()})")
+        print(f"no autoencoder in {run_dir}; training one now ({spec.describe()})", file=sys.stderr)
         train_autoencoder(spec, run_dir)
     return load_autoencoder(run_dir)
 

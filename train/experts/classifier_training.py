@@ -7,6 +7,7 @@ when it is missing or was interrupted.
 """
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,7 +147,7 @@ def ensure_classifier(run_dir: str | Path, spec: ClassifierSpec, what: str = "cl
             spec = ClassifierSpec(**{k: config[k] for k in ("attributes", "steps", "batch_size", "lr", "size", "seed",
                                                             "textured_frac")}, eval_count=spec.eval_count)
         print(f"{'an unfinished' if resume else 'no'} {what} in {run_dir}; training it now (size {spec.size}, "
-              f"{spec.steps} steps, seed {spec.seed}, {len(spec.attributes)} attributes)")
+              f"{spec.steps} steps, seed {spec.seed}, {len(spec.attributes)} attributes)", file=sys.stderr)
         train_classifier(spec, run_dir, resume=resume)
     return load_oracle(run_dir)
 
