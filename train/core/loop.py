@@ -11,6 +11,7 @@ continue exactly where it stopped goes into RUN/checkpoint.safetensors through a
   trainer.step      optimizer steps done
   extra tensors     e.g. the cINN's best-validation weights (best.*)
   metadata "state"  JSON state that is not a tensor (an LR scheduler, a numpy Generator)
+  metadata "param_groups"  each optimizer's hyperparameters (a scheduler such as OneCycleLR changes lr and betas)
 """
 from __future__ import annotations
 
@@ -61,6 +62,8 @@ def save_checkpoint(ck: Checkpointed, path: str | Path, step: int) -> None:
     if ck.extra_tensors is not None:
         tensors.update(ck.extra_tensors())
     meta = dict(ck.metadata)
+    meta["param_groups"] = {prefix: [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
+                            for prefix, opt in ck.optimizers.items()}
     if ck.state is not None:
         meta["state"] = ck.state()
     save_tensors(path, tensors, metadata=meta)
@@ -79,14 +82,17 @@ def resume(ck: Checkpointed, path: str | Path) -> int:
         if not state:
             raise UserError(f"{path} holds no '{prefix}' weights; resume with the settings the run was trained with")
         module.load_state_dict(state)
+    meta = checkpoint_metadata(path)
     for prefix, opt in ck.optimizers.items():
         load_optim(opt, tensors, prefix)
+        for group, saved in zip(opt.param_groups, meta.get("param_groups", {}).get(prefix, [])):
+            group.update({k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})
     ck.generator.set_state(tensors["rng.batch"])
     unpack_rng_state(tensors)
     if ck.load_extra is not None:
         ck.load_extra(tensors)
     if ck.load_state is not None:
-        state = checkpoint_metadata(path).get("state")
+        state = meta.get("state")
         if state is None:
             raise UserError(f"{path} was written without its training state; it cannot be resumed")
         ck.load_state(state)

@@ -135,7 +135,7 @@ def _pairs(req: PairRequest) -> TrainingPairs:
     return TrainingPairs(source, info)
 
 
-def _validation_pairs(config: dict):
+def _recorded_request(config: dict) -> PairRequest:
     raise UserError("bert2biggan pairs need the run's dequantizer; use `python -m train.evaluate` for them")
 
 
@@ -145,4 +145,4 @@ def _grid(result: RunResult) -> None:
 
 TASKS = {"bert2biggan": Task("bert2biggan", "captions -> sentence encoder -> BigGAN-deep latent (Sec. 4.1)", _pairs,
                              PRESETS, BigGANOptions, biggan_experts, _grid, evaluate_run, BigGANEval,
-                             validation_pairs=_validation_pairs)}
+                             recorded_request=_recorded_request)}

@@ -11,7 +11,9 @@ grids after training and an evaluation. `python -m train.cinn --task NAME`, `tra
   after_training RunResult -> None (grids)
   evaluate       EvalRequest -> dict (JSON-able); eval_options: a dataclass type of its own flags
   validation_pairs  config.json dict -> (cond, z): the held-out pairs export stores in a bundle; by default
-                 the pair source is rebuilt from the run's recorded preset, seed and options
+                 the pair source is rebuilt (`rebuild_pairs`) and its validation split taken
+  recorded_request  config.json dict -> PairRequest: how a run's pairs are rebuilt (export's validation and
+                 int8 calibration pairs); by default the run's preset, seed and top-level option keys
 """
 from __future__ import annotations
 
@@ -87,18 +89,25 @@ class Task:
     eval_options: type = NoOptions
     default_out: Callable[[PairRequest], str] | None = None       # run folder when --out is not given
     validation_pairs: Callable[[dict], tuple[torch.Tensor, torch.Tensor]] | None = None
+    recorded_request: Callable[[dict], PairRequest] | None = None
 
     def recorded_options(self, config: dict) -> Any:
         """The task's options as a run recorded them in config.json (defaults for the ones it did not)."""
         known = {f.name for f in dataclasses.fields(self.options)}
         return self.options(**{k: v for k, v in config.items() if k in known})
 
-    def held_out_pairs(self, config: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """The run's held-out (cond, z) pairs: the task's own hook, else its pair source rebuilt from config.json."""
-        if self.validation_pairs is not None:
-            return self.validation_pairs(config)
+    def rebuild_pairs(self, config: dict) -> TrainingPairs:
+        """The run's pairs, rebuilt from what it recorded in config.json (the frozen experts give the same pairs)."""
+        if self.recorded_request is not None:
+            return self.pairs(self.recorded_request(config))
         preset = config.get("preset", "default")
         data = config["data"] if isinstance(config.get("data"), dict) else {}
         request = PairRequest(self.name, preset, data, self.recorded_options(config), seed=config["train"]["seed"],
                               model=config.get("kind", "cinn"))
-        return self.pairs(request).source.validation()
+        return self.pairs(request)
+
+    def held_out_pairs(self, config: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """The run's held-out (cond, z) pairs: the task's own hook, else its rebuilt pair source's split."""
+        if self.validation_pairs is not None:
+            return self.validation_pairs(config)
+        return self.rebuild_pairs(config).source.validation()

@@ -58,14 +58,15 @@ class DomainOptions(SpriteOptions):
 
 
 def lowres_ae(path: str, data: dict):
-    """f, trained first (and said so) when missing."""
-    return load_ae(path, AESpec(preset="small", task="superres", size=LOW_SIZE, **data["lowres"]))
+    """f, trained first (and said so) when missing. (Runs recorded before AESpec have no `lowres` section;
+    their f exists, so the spec is never used.)"""
+    return load_ae(path, AESpec(preset="small", task="superres", size=LOW_SIZE, **data.get("lowres", {})))
 
 
 def union_ae(path: str, base: str, data: dict):
     """The autoencoder on both domains; when missing it is trained first, fine-tuned from `base`."""
-    spec = AESpec(preset=data["ae_preset"], task="unpaired", style="union", **data["union"])
-    if data["union_init"] and not Path(path, "checkpoint.safetensors").is_file():
+    spec = AESpec(preset=data["ae_preset"], task="unpaired", style="union", **data.get("union", {}))
+    if data.get("union_init") and not Path(path, "checkpoint.safetensors").is_file():
         load_ae(base, AESpec(preset=data["ae_preset"]))     # the flat AE it starts from, trained first if missing
         spec.init = base
     return load_ae(path, spec)

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from train.core.common import UserError
 from train.data.features import load_pairs
 from train.data.pairs import TensorPairs
@@ -31,14 +29,14 @@ def pairs(req: PairRequest) -> TrainingPairs:
     return TrainingPairs(TensorPairs(c, z, seed=req.seed), info)
 
 
-def validation_pairs(config: dict) -> tuple[torch.Tensor, torch.Tensor]:
+def recorded_request(config: dict) -> PairRequest:
+    """The files a run was trained on are recorded in its `data` section."""
     d = config["data"]
     options = FeatureOptions(d["source"], d["target"], d.get("source_key"), d.get("target_key"))
-    request = PairRequest("features", config.get("preset", "default"), {}, options, seed=config["train"]["seed"])
-    return pairs(request).source.validation()
+    return PairRequest("features", config.get("preset", "default"), {}, options, seed=config["train"]["seed"])
 
 
 FEATURES = Task("features", "any two aligned feature files (the plug-and-play case)", pairs, options=FeatureOptions,
                 experts=lambda config: Experts(), evaluate=evaluate_run, eval_options=FeatureEval,
-                validation_pairs=validation_pairs)
+                recorded_request=recorded_request)
 TASKS = {"features": FEATURES}
