@@ -52,6 +52,7 @@ def _aligned(models: list[onnx.ModelProto]) -> list[onnx.ModelProto]:
     ir = max(m.ir_version for m in out)
     for m in out:
         m.ir_version = ir
+        del m.metadata_props[:]                   # e.g. `exporter` differs per stage; the fused graph sets its own
     return out
 
 
@@ -72,6 +73,7 @@ def compose_chain(parts: list[tuple[str, onnx.ModelProto]], links: list[tuple[st
         _rename(fused.graph, old, new)
     order = list(inputs.values())
     fused.graph.input.sort(key=lambda v: order.index(v.name))
+    onnx.helper.set_model_props(fused, {"exporter": "onnx.compose"})
     onnx.checker.check_model(fused, full_check=True)
     return fused
 
