@@ -15,8 +15,8 @@ import torch.nn as nn
 from export import onnx as export_onnx
 from export import trt as export_trt
 from export.bundle import add_fp16_stages, gemm_to_matmul, session
-from export.quantize import quantize_graph, quantized_weights
 from export.onnx import export_bundle
+from export.quantize import quantize_graph, quantized_weights
 from runtime.manifest import SCHEMA_VERSION, PipelineError, max_rel, read_manifest, sha256_file, verify_files
 from train import cinn
 from train.common import UserError
