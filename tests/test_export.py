@@ -358,7 +358,8 @@ def test_fp16_graphs_parity_and_roundtrip_under_onnxruntime(bundles, tmp_path, n
     m = add_fp16_stages(b)
     verify_files(b, m)
     fp16 = {n: st for n, st in m["stages"].items() if st["precision"] == "fp16"}
-    assert {st["role"] for st in fp16.values()} == {st["role"] for st in m["stages"].values()}
+    fused = {"translate", "transfer"}                # fp16 runs chain the stages (add_fp16_stages skips them)
+    assert {st["role"] for st in fp16.values()} == {st["role"] for st in m["stages"].values()} - fused
     for st in fp16.values():                       # I/O stays fp32 (int64 ids), the inside is fp16
         assert [t["dtype"] for t in st["outputs"]] == ["float32"] * len(st["outputs"])
         assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in onnx.load(str(b / st["file"])).graph.initializer)
