@@ -14,7 +14,7 @@ Steps:
      multiplies, so the two graphs carry identical weights AND identical activation scales (the coupling
      subnetworks of τ and τ⁻¹ then compute the same numbers, which keeps the round trip tight);
   3. groups by measurement: the condition whitening, the condition embedder H and each coupling block are
-     quantized alone and their NLL drift measured; groups costing more than a third of the drift budget
+     quantized alone and their NLL drift measured (on the calibration pairs); groups costing more than a third of the drift budget
      alone stay fp32, then the worst remaining ones until the whole graph meets it. The manifest records
      each group's precision and measured drift;
   4. the pair is written only if it meets NLL drift (absolute nats/dim), round trip and batch
@@ -157,18 +157,18 @@ def _nll(path: Path, z: np.ndarray, cond: np.ndarray) -> float:
     return float(nll_per_dim(v, logdet).mean())
 
 
-def choose_fp32_groups(inverse: onnx.ModelProto, ranges: dict, val_z, val_cond, nll32: float, tmp: Path,
+def choose_fp32_groups(inverse: onnx.ModelProto, ranges: dict, z, cond, nll32: float, tmp: Path,
                        max_drift: float) -> tuple[set[str], dict[str, dict]]:
     """Measure each group quantized alone (drift of τ⁻¹'s NLL), keep the sensitive ones fp32; see module doc."""
     groups = sorted({weight_group(n.input[1]) for n in _matmuls(inverse)})
     report, probe = {}, tmp / "probe.onnx"
     for g in groups:
         quantize_graph(inverse, probe, ranges, set(groups) - {g})
-        report[g] = {"nll_drift_alone": _nll(probe, val_z, val_cond) - nll32}
+        report[g] = {"nll_drift_alone": _nll(probe, z, cond) - nll32}
     fp32 = {g for g in groups if abs(report[g]["nll_drift_alone"]) > max_drift / 3}
     for g in sorted(set(groups) - fp32, key=lambda g: -abs(report[g]["nll_drift_alone"])):
         quantize_graph(inverse, probe, ranges, fp32)
-        if abs(_nll(probe, val_z, val_cond) - nll32) <= max_drift:
+        if abs(_nll(probe, z, cond) - nll32) <= max_drift:
             break
         fp32.add(g)
     for g in groups:
@@ -190,8 +190,9 @@ def add_static_int8(bundle: Path, calib_cond: np.ndarray, calib_z: np.ndarray, v
         seen = {"flow_inverse": _ranges(tmp / "flow_inverse.mm.onnx", {"z": calib_z, "cond": calib_cond}, tmp),
                 "flow_forward": _ranges(tmp / "flow_forward.mm.onnx", {"v": v_cal, "cond": calib_cond}, tmp)}
         ranges = shared_ranges(models, seen)
-        nll32 = _nll(fp32["flow_inverse"], val_z, val_cond)
-        keep, groups = choose_fp32_groups(models["flow_inverse"], ranges["flow_inverse"], val_z, val_cond, nll32,
+        # groups are chosen on the calibration (training) pairs; the targets are judged on the validation pairs
+        nll32 = _nll(fp32["flow_inverse"], calib_z, calib_cond)
+        keep, groups = choose_fp32_groups(models["flow_inverse"], ranges["flow_inverse"], calib_z, calib_cond, nll32,
                                           tmp, max_drift)
         out = {r: tmp / f"{r}.int8.onnx" for r in ROLES}
         for r in ROLES:
