@@ -14,9 +14,9 @@ Steps:
      multiplies, so the two graphs carry identical weights AND identical activation scales (the coupling
      subnetworks of τ and τ⁻¹ then compute the same numbers, which keeps the round trip tight);
   3. groups by measurement: the condition whitening, the condition embedder H and each coupling block are
-     quantized alone and their NLL drift measured (on the calibration pairs); groups costing more than a third of the drift budget
-     alone stay fp32, then the worst remaining ones until the whole graph meets it. The manifest records
-     each group's precision and measured drift;
+     quantized alone and their NLL drift measured (on the calibration pairs); groups costing more than a
+     third of the drift budget alone stay fp32, then the worst remaining ones until the whole graph meets
+     it. The manifest records each group's precision and measured drift;
   4. the pair is written only if it meets NLL drift (absolute nats/dim), round trip and batch
      independence; otherwise `Int8Refused` says which and no int8 stage is written.
 Weights: symmetric int8, per output channel; activations: symmetric int8 (zero point 0, as TensorRT needs).
