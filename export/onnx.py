@@ -298,7 +298,7 @@ def _build(bundle: Path, model: ConditionalINN, experts: Experts, cond: np.ndarr
                 stages[stage_name(role, "int8")] = stage_entry(bundle, f"{role}.int8.onnx", role, "int8")
         except Int8Refused as e:         # the fp32 bundle is still good; say why there is no int8
             print(f"warning: {e}")
-            checks["int8"] = {"refused": str(e)}
+            checks["int8"] = {"refused": str(e), **e.report}
         except ExportError as e:
             raise UserError(str(e)) from None
     if fuse:                              # one graph per chain (export.fuse), checked against the chain
@@ -490,7 +490,7 @@ def main(argv: list[str] | None = None) -> int:
     worst = max(max(r.values()) for r in m["checks"]["parity"].values())
     rt = max(m["checks"]["roundtrip_rel"].values())
     print(f"parity vs PyTorch: max rel err {worst:.2e}; flow round trip {rt:.2e}")
-    if "nll_drift_nats_per_dim" in m["checks"].get("int8", {}):
+    if "int8" in m["checks"] and "refused" not in m["checks"]["int8"]:
         q = m["checks"]["int8"]
         print(f"int8 (static, {q['calibration_pairs']} calibration pairs: {q['calibration_origin']}): round trip "
               f"{q['roundtrip_rel']:.2e}, NLL drift {q['nll_drift_nats_per_dim']:+.5f} nats/dim (absolute), "

@@ -349,6 +349,7 @@ def test_int8_missing_the_drift_target_writes_no_int8_stage(bundles, tmp_path, c
                       source={"run": None}, int8=True, int8_max_drift=1e-12)
     assert not any(st["precision"] == "int8" for st in m["stages"].values())
     assert not list((tmp_path / "b").glob("*.int8.onnx")) and "NLL drift" in m["checks"]["int8"]["refused"]
+    assert m["checks"]["int8"]["int8_weight_share"] == 0 and set(m["checks"]["int8"]["groups"]) >= {"embedder"}
     assert "int8 flow not written" in capsys.readouterr().out
 
 
