@@ -10,6 +10,8 @@ One graph per stage, dynamic batch axis, `onnx.checker` with full shape inferenc
   flow_inverse    τ⁻¹: (z, cond) -> (v, logdet)    both flow graphs, so `cond` is the raw zΦ
   target_encoder  Θ:   image [batch, C, H, W] in [-1, 1] -> z (the mean)
   target_decoder  Λ:   z -> image in [-1, 1]
+  translate, transfer  (unless --no-fuse) the chains Φ -> τ -> Λ and Θ -> τ⁻¹ -> τ -> Λ as one graph each,
+                  composed from the stage graphs above (export.fuse), per precision
 Experts are called as `encode(x)` / `decode(z)` where they define them, else `forward`; a text encoder
 (one with a `tokenizer`) as `forward(input_ids, attention_mask)`. The TorchScript exporter goes first
 (eval mode: ActNorm's `initialized` flag never reaches the graph); a module it cannot express, or whose
@@ -19,9 +21,11 @@ PyTorch module through onnxruntime on real and random inputs (max |a-b| / max |b
 pair must round-trip (‖τ(τ⁻¹(z)) - z‖ / ‖z‖ <= 1e-5 on real pairs; on random, off-manifold inputs within
 10× the PyTorch model's own fp32 round trip, or 1e-5), else nothing is written.
 
-`--precision int8` adds flow_forward.int8 / flow_inverse.int8: onnxruntime's quantize_dynamic on each
-graph (MatMul weights int8, activations quantized per batch at run time); the same algorithm on the
-same float weights gives identical int8 weights in both directions, which the export verifies.
+`--precision int8` adds flow_forward.int8 / flow_inverse.int8: static QDQ int8 calibrated on the run's
+training pairs (export.quantize: activation scales fixed at export, so rows are batch-independent;
+identical weights and scales in both directions, verified). A flow that misses the int8 targets
+(|NLL drift| <= --int8-max-drift nats/dim, round trip, batch independence) gets no int8 stage; the
+manifest's checks.int8 says why.
 
 Validation pairs (validation/*.npy): `--val-source/--val-target` files if given; else the task's own
 held-out split, rebuilt from the run's config.json exactly as the trainer built it; if that fails (data
@@ -46,8 +50,19 @@ import onnxruntime as ort
 import torch
 import torch.nn as nn
 
-from export.bundle import ExportError, add_int8, hash_tree, session, stage_entry, write_manifest
-from runtime.manifest import SCHEMA_VERSION, l2_rel, max_rel, sha256_file, stage_io, stage_name
+from export.bundle import ExportError, hash_tree, session, stage_entry, write_manifest
+from export.fuse import add_fused_stages
+from export.quantize import MAX_DRIFT, Int8Refused, add_static_int8
+from runtime.manifest import (
+    FUSED_ROLES,
+    SCHEMA_VERSION,
+    fused_feeds,
+    l2_rel,
+    max_rel,
+    sha256_file,
+    stage_io,
+    stage_name,
+)
 from train.common import UserError, run_cli
 from train.flow import ConditionalINN
 from train.tasks import Experts, load_all
@@ -184,8 +199,8 @@ def torch_roundtrip(model: ConditionalINN, z: np.ndarray, cond: np.ndarray) -> f
     return l2_rel(model(v, ct).numpy(), z)
 
 
-def task_validation(task, config: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """The task's held-out pairs, rebuilt from what the run recorded in config.json."""
+def task_source(task, config: dict):
+    """The task's pair source, rebuilt from what the run recorded in config.json."""
     from train.cinn import build_parser
     args = build_parser().parse_args(["--task", task.name])
     recorded = {k: v for k, v in config.items() if k not in ("model", "train", "kind", "task")}
@@ -195,7 +210,22 @@ def task_validation(task, config: dict) -> tuple[torch.Tensor, torch.Tensor]:
             setattr(args, key, value)
     args.seed = config["train"]["seed"]
     source, _ = task.make_source(args)
-    return source.validation()
+    return source
+
+
+def task_validation(task, config: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """The task's held-out pairs, rebuilt from what the run recorded in config.json."""
+    return task_source(task, config).validation()
+
+
+def calibration_pairs(task, config: dict, model: ConditionalINN, n: int) -> tuple[np.ndarray, np.ndarray, str]:
+    """int8 calibration pairs: n training pairs of the task (rebuilt from config.json), else model samples."""
+    try:
+        cond, z = task_source(task, config).batch(n, torch.Generator().manual_seed(123))
+        return cond.numpy(), z.numpy(), "task training pairs"
+    except (UserError, OSError, ValueError, KeyError, TypeError):
+        cond, z = model_samples(model, n, seed=123)
+        return cond.numpy(), z.numpy(), "model samples"
 
 
 def model_samples(model: ConditionalINN, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -219,7 +249,7 @@ def _save(bundle: Path, arrays: dict[str, np.ndarray]) -> list[str]:
 
 
 def _build(bundle: Path, model: ConditionalINN, experts: Experts, cond: np.ndarray, z: np.ndarray, opset: int,
-           int8: bool) -> dict:
+           int8: dict | None, fuse: bool = True) -> dict:
     kind, n = source_kind(experts), len(z)
     stages, checks, manifest, val = {}, {"parity": {}}, {}, {}
     rnd_cond, rnd_z = _random_like_flow(model, 64, seed=1)
@@ -259,13 +289,25 @@ def _build(bundle: Path, model: ConditionalINN, experts: Experts, cond: np.ndarr
     for role in ("source_encoder", "flow_forward", "flow_inverse", "target_encoder", "target_decoder"):
         if (bundle / f"{role}.onnx").exists():
             stages[role] = stage_entry(bundle, f"{role}.onnx", role, "fp32")
-    if int8:
+    if int8 is not None:
+        c_cal, z_cal = int8.get("calibration") or (cond, z)
         try:
-            checks["int8"] = add_int8(bundle, cond, z)
+            checks["int8"] = add_static_int8(bundle, c_cal, z_cal, cond, z, max_drift=int8.get("max_drift", MAX_DRIFT))
+            checks["int8"]["calibration_origin"] = int8.get("origin", "validation pairs")
+            for role in ("flow_forward", "flow_inverse"):
+                stages[stage_name(role, "int8")] = stage_entry(bundle, f"{role}.int8.onnx", role, "int8")
+        except Int8Refused as e:         # the fp32 bundle is still good; say why there is no int8
+            print(f"warning: {e}")
+            checks["int8"] = {"refused": str(e), **e.report}
         except ExportError as e:
             raise UserError(str(e)) from None
-        for role in ("flow_forward", "flow_inverse"):
-            stages[stage_name(role, "int8")] = stage_entry(bundle, f"{role}.int8.onnx", role, "int8")
+    if fuse:                              # one graph per chain (export.fuse), checked against the chain
+        try:
+            checks["fused_parity_max_rel"] = add_fused_stages(
+                bundle, {"stages": stages, "source_kind": kind},
+                {role: f for role in FUSED_ROLES if (f := fused_feeds(role, kind, val)) is not None})
+        except ExportError as e:
+            raise UserError(str(e)) from None
     files = _save(bundle, val) + (["validation/texts.json"] if kind == "text" else [])
     manifest.update(stages=stages, checks=checks, source_kind=kind,
                     validation={"count": n, "files": hash_tree(bundle, files)})
@@ -352,9 +394,13 @@ def _export_target(bundle: Path, experts: Experts, model: ConditionalINN, z: np.
 
 
 def export_bundle(model: ConditionalINN, experts: Experts, out: str | Path, *, task: str, cond: np.ndarray,
-                  z: np.ndarray, origin: str, source: dict, opset: int = DEFAULT_OPSET, int8: bool = False) -> dict:
+                  z: np.ndarray, origin: str, source: dict, opset: int = DEFAULT_OPSET, int8: bool = False,
+                  calibration: tuple[np.ndarray, np.ndarray] | None = None,
+                  calibration_origin: str = "validation pairs", int8_max_drift: float = MAX_DRIFT,
+                  fuse: bool = True) -> dict:
     """Write the bundle for `model` + `experts` to `out` (built in a temporary folder beside it, then
-    swapped in, so a failed export never leaves half a bundle). Returns the manifest."""
+    swapped in, so a failed export never leaves half a bundle). Returns the manifest. int8: also the static
+    int8 flow pair, calibrated on `calibration` (cond, z) pairs (default: the validation pairs)."""
     if not isinstance(model, ConditionalINN):
         raise UserError("only cINN runs can be exported (the MLP baseline has no inverse)")
     out = Path(out)
@@ -365,7 +411,10 @@ def export_bundle(model: ConditionalINN, experts: Experts, out: str | Path, *, t
     try:
         model = model.eval()
         manifest = _build(tmp, model, experts, np.ascontiguousarray(cond, np.float32),
-                          np.ascontiguousarray(z, np.float32), opset, int8)
+                          np.ascontiguousarray(z, np.float32), opset,
+                          dict(calibration=calibration, max_drift=int8_max_drift,
+                               origin=calibration_origin if calibration is not None else "validation pairs")
+                          if int8 else None, fuse)
         manifest.update(schema_version=SCHEMA_VERSION, task=task, latent_dim=int(model.cfg.target_dim),
                         cond_shape=list(model.cfg.cond_shape), source=source,
                         warnings=list(experts.info.get("warnings", [])),
@@ -416,9 +465,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--val-source", help="validation zΦ file (default: the task's held-out split)")
     ap.add_argument("--val-target", help="validation zΘ file, rows aligned with --val-source")
     ap.add_argument("--val-pairs", type=int, default=256, help="validation pairs stored in the bundle")
+    ap.add_argument("--no-fuse", action="store_true",
+                    help="skip the fused translate/transfer graphs (one graph per chain; they repeat the weights)")
+    ap.add_argument("--calibration-pairs", type=int, default=1024, help="int8: training pairs that calibrate it")
+    ap.add_argument("--int8-max-drift", type=float, default=MAX_DRIFT,
+                    help="int8: largest |NLL drift| (nats/dim) on the validation pairs; else no int8 stage")
     args = ap.parse_args(argv)
-    if args.val_pairs < 1 or args.opset < 14:
-        raise UserError("--val-pairs must be >= 1 and --opset >= 14")
+    if args.val_pairs < 1 or args.opset < 14 or args.calibration_pairs < 1 or not args.int8_max_drift > 0:
+        raise UserError("--val-pairs and --calibration-pairs must be >= 1, --opset >= 14, --int8-max-drift > 0")
     task = tasks[args.task]
     run, out = Path(args.run or f"runs/{args.task}/cinn"), Path(args.out or f"engines/{args.task}")
     model, config = load_translator(run)
@@ -427,16 +481,21 @@ def main(argv: list[str] | None = None) -> int:
     experts = task.experts(config) if task.experts is not None else Experts()
     cond, z, origin = validation_pairs(task, config, model, args)
     source = {"run": str(run), "checkpoint_sha256": sha256_file(run / "checkpoint.safetensors"), "task_config": config}
+    int8 = args.precision == "int8"
+    c_cal, z_cal, cal_origin = calibration_pairs(task, config, model, args.calibration_pairs) if int8 else (0, 0, "")
     m = export_bundle(model, experts, out, task=args.task, cond=cond, z=z, origin=origin, source=source,
-                      opset=args.opset, int8=args.precision == "int8")
+                      opset=args.opset, int8=int8, calibration=(c_cal, z_cal) if int8 else None,
+                      calibration_origin=cal_origin, int8_max_drift=args.int8_max_drift, fuse=not args.no_fuse)
     print(f"wrote {out}: stages {', '.join(sorted(m['stages']))}; {len(z)} validation pairs ({origin})")
     worst = max(max(r.values()) for r in m["checks"]["parity"].values())
     rt = max(m["checks"]["roundtrip_rel"].values())
     print(f"parity vs PyTorch: max rel err {worst:.2e}; flow round trip {rt:.2e}")
-    if "int8" in m["checks"]:
+    if "int8" in m["checks"] and "refused" not in m["checks"]["int8"]:
         q = m["checks"]["int8"]
-        print(f"int8: round trip {q['roundtrip_rel']:.2e}, NLL drift {q['nll_drift_nats_per_dim']:+.5f} nats/dim, "
-              f"batch-1 speed-up {q['speedup_batch1']:.2f}x")
+        print(f"int8 (static, {q['calibration_pairs']} calibration pairs: {q['calibration_origin']}): round trip "
+              f"{q['roundtrip_rel']:.2e}, NLL drift {q['nll_drift_nats_per_dim']:+.5f} nats/dim (absolute), "
+              f"batch dependence {q['v_batch_dependence_max_abs']:.1e}, fp32 kept for "
+              f"{', '.join(q['fp32_groups']) or 'nothing'}, batch-1 speed-up {q['speedup_batch1']:.2f}x")
     for w in m["warnings"]:
         print(f"warning: {w}")
     return 0

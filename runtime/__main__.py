@@ -139,8 +139,16 @@ def cmd_check(args) -> int:
     if "tokenizer_match" in report:
         print(f"  tokenizer ids match export: {report['tokenizer_match']}")
     print(f"  flow round trip {report['roundtrip_rel']:.2e}; NLL {report['nll_nats_per_dim']:.4f} nats/dim "
-          f"(PyTorch {report['nll_pytorch']:.4f}) on {report['validation_pairs']} pairs")
-    print(f"  translate end to end, batch 1: {report['latency_batch1_ms']['translate_end_to_end']:.2f} ms")
+          f"(PyTorch {report['nll_pytorch']:.4f}, drift {report['nll_drift_nats_per_dim']:+.5f} nats/dim absolute) "
+          f"on {report['validation_pairs']} pairs")
+    print(f"  batch dependence ({report['precisions']['flow_inverse']} flow): max |dv| "
+          f"{report['v_batch_dependence_max_abs']:.1e} (a row alone vs in batches of 8 and 64)")
+    for role, err in report["fused_parity_max_rel"].items():
+        print(f"  fused {role:9s} vs chained stages {err:.2e}")
+    lat = report["latency_batch1_ms"]
+    chained = lat.get("translate_chained_end_to_end")
+    chained = f" (chained stages {chained:.2f} ms)" if chained is not None else ""
+    print(f"  translate end to end, batch 1: {lat['translate_end_to_end']:.2f} ms{chained}")
     print("OK" if report["ok"] else "FAILED: " + "; ".join(report["failures"]))
     return 0 if report["ok"] else 1
 
