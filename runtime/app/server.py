@@ -45,21 +45,22 @@ class TooLarge(Exception):
 class BodyLimit:
     """ASGI middleware: refuse a request body over max_bytes (413) by its Content-Length, or while it streams."""
 
-    def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app, max_mb: float):
+        self.app, self.max_mb, self.max_bytes = app, max_mb, int(max_mb * 2**20)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            return await self._refuse(scope, receive, send, int(length))
-        seen, started = 0, False
+            return await self._refuse(scope, receive, send, int(length), pending=True)
+        seen, started, pending = 0, False, True
 
         async def counted():
-            nonlocal seen
+            nonlocal seen, pending
             message = await receive()
             seen += len(message.get("body", b""))
+            pending = message["type"] == "http.request" and message.get("more_body", False)
             if seen > self.max_bytes:
                 raise TooLarge
             return message
@@ -72,15 +73,14 @@ class BodyLimit:
             await self.app(scope, counted, watched)
         except TooLarge:
             if not started:
-                await self._refuse(scope, receive, send, seen)
+                await self._refuse(scope, receive, send, seen, pending)
 
-    async def _refuse(self, scope, receive, send, size: int):
-        more = True
+    async def _refuse(self, scope, receive, send, size: int, pending: bool):
+        more = pending
         while more:                  # read the rest and drop it, so the client gets the answer, not a reset
             message = await receive()
             more = message.get("more_body", False) and message["type"] == "http.request"
-        mb = self.max_bytes / 2**20
-        await JSONResponse({"error": f"upload too large ({size / 2**20:.1f} MB); the limit is {mb:g} MB "
+        await JSONResponse({"error": f"upload too large ({size / 2**20:.1f} MB); the limit is {self.max_mb:g} MB "
                                      f"(start the page with --max-upload-mb to change it)"}, 413)(scope, receive, send)
 
 
@@ -112,7 +112,7 @@ def create_app(engine, bundles: dict[str, Path], manifests: dict[str, dict], max
     """The FastAPI app for bundles {task: folder} with their manifests; engine answers the calls.
     preload opens every bundle now, so a broken one shows its error on the page instead of mid-request."""
     app = FastAPI(title="net2net translators", docs_url=None, redoc_url=None, openapi_url=None)
-    app.add_middleware(BodyLimit, max_bytes=int(max_upload_mb * 2**20))
+    app.add_middleware(BodyLimit, max_mb=max_upload_mb)
     views = {}
     for task, path in bundles.items():
         views[task] = describe(task, path, manifests[task])

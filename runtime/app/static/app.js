@@ -80,12 +80,17 @@ async function call(panel, button, url, body) {
     return null;
   } finally {
     button.disabled = false; panel.classList.remove("busy"); out.setAttribute("aria-busy", "false");
+    answered(panel);
   }
 }
+
+// counts finished calls, so a test (or a user script) can wait for the next answer
+function answered(panel) { panel.dataset.answers = String(Number(panel.dataset.answers || 0) + 1); }
 
 function fail(panel, message) {
   const status = panel.querySelector(".status");
   status.textContent = message; status.className = "status error"; status.setAttribute("role", "alert");
+  answered(panel);
 }
 
 function img(src, d, title) {
