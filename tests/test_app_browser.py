@@ -72,6 +72,7 @@ def sources(locator) -> list[np.ndarray]:
 
 
 def test_caption_gives_seeded_samples(page, engines):
+    page.click("#tabs button[data-task='text2image']")
     page.locator("#bundle-text2image textarea[name=sample]").fill("a small blue square")
     page.locator("#bundle-text2image input[name=num_samples]").fill("3")
     page.locator("#bundle-text2image input[name=seed]").fill("7")
@@ -126,6 +127,7 @@ def test_bad_input_shows_a_message_and_the_page_keeps_working(page, tmp_path):
     edit.locator("input[type=file]").set_input_files(str(big))
     generate(page, "attributes", "edit")
     assert "upload too large (3.0 MB); the limit is 1 MB" in edit.locator(".status.error").inner_text()
+    page.click("#tabs button[data-task='text2image']")
     page.locator("#bundle-text2image textarea[name=sample]").fill("   ")
     panel = generate(page, "text2image")
     assert "the source is empty; type a caption" in panel.locator(".status.error").inner_text()
