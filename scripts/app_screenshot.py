@@ -85,26 +85,40 @@ def main(argv=None) -> int:
     ap.add_argument("out")
     ap.add_argument("--task", default="attributes", help="the tab to show")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--caption", action="append", help="text bundles: the caption to sample (a second one: "
+                    "the edit's target and image B's caption)")
     ap.add_argument("--width", type=int, default=1100)
+    ap.add_argument("--triton", help="pass --triton URL to the app (a running python -m runtime serve)")
     args = ap.parse_args(argv)
     from playwright.sync_api import sync_playwright
-    proc, url = start_app(Path(args.engines))
+    proc, url = start_app(Path(args.engines), *(["--triton", args.triton] if args.triton else []))
     try:
         with sync_playwright() as pw:
             browser = launch_chromium(pw)
             page = browser.new_page(viewport={"width": args.width, "height": 800}, device_scale_factor=1)
             page.goto(url + f"#{args.task}")
             page.wait_for_selector("body[data-ready='1']")
-            page.locator(f"#bundle-{args.task} input[name=seed]").fill(str(args.seed))
+            tab = page.locator(f"#bundle-{args.task}")
+            tab.locator("input[name=seed]").fill(str(args.seed))
+            if args.caption:
+                tab.locator("textarea[name=sample]").fill(args.caption[0])
             panel = generate(page, args.task)
-            first = panel.locator(".result img").first
-            if page.locator(f"#bundle-{args.task} button[data-action='edit']").count():
-                first.click()                                   # a sample into the edit panel, then edit it
-                edit = page.locator(f"#bundle-{args.task} .panel", has=page.locator("button[data-action='edit']"))
-                radios = edit.locator("fieldset").nth(1).locator("input[type=radio]:not(:checked)")
-                if radios.count():
-                    radios.first.check()
+            if tab.locator("button[data-action='edit']").count():    # sample 1 -> edit and A; another -> B
+                panel.locator("button[data-use=edit]").first.click()
+                panel.locator("button[data-use=a]").first.click()
+                edit = tab.locator(".panel", has=page.locator("button[data-action='edit']"))
+                for group in edit.locator("fieldset").nth(1).locator(".group").all()[:1]:
+                    group.locator("input[type=radio]:not(:checked)").first.check()
+                if args.caption and len(args.caption) > 1:
+                    tab.locator("textarea[name=sample]").fill(args.caption[1])
+                    edit.locator("input[name=new_source]").fill(args.caption[1])
+                else:
+                    for group in panel.locator(".group").all():
+                        group.locator("input[type=radio]:not(:checked)").first.check()
+                generate(page, args.task)
+                panel.locator("button[data-use=b]").first.click()
                 generate(page, args.task, "edit")
+                generate(page, args.task, "transfer")
             page.evaluate("window.scrollTo(0, 0)")
             page.screenshot(path=args.out, full_page=True)
             browser.close()

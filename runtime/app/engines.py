@@ -11,6 +11,7 @@ same images for the same request and any sample can be reproduced alone from the
 """
 from __future__ import annotations
 
+import re
 import threading
 from pathlib import Path
 
@@ -33,6 +34,12 @@ def find_bundles(engines_dir: Path) -> list[Path]:
         raise PipelineError(f"no bundles in {engines_dir} (no sub-folder has a manifest.json); "
                             f"export one first, e.g. python -m export.onnx --task attributes")
     return found
+
+
+def server_message(text: str) -> str:
+    """The one line that matters in a Triton error: PyTriton wraps the model's exception in a traceback."""
+    found = re.findall(r"(?:RequestError|PipelineError): ([^\n]+)", text)
+    return found[-1].strip() if found else next((line for line in text.splitlines() if line.strip()), text)
 
 
 def residuals(seeds: list[int], dim: int, temperature: float) -> np.ndarray:
@@ -84,15 +91,21 @@ class TritonEngine:
         self.url = url.removeprefix("http://")
         self.name = f"Triton at {url}"
         self.manifests = manifests
-        self.client = http.InferenceServerClient(self.url, concurrency=4, connection_timeout=10.0,
-                                                 network_timeout=300.0)
+        self._local = threading.local()
         try:
-            live = self.client.is_server_live()
+            live = self.client().is_server_live()
         except Exception as e:                  # refused connection, DNS, timeout: all one message
             raise PipelineError(f"cannot reach Triton at {url} ({e}); start it with "
                                 f"python -m runtime serve ENGINES_DIR, or drop --triton") from None
         if not live:
             raise PipelineError(f"Triton at {url} answers but is not live")
+
+    def client(self):
+        """This thread's client: tritonclient.http runs on gevent, whose connections cannot change threads."""
+        if not hasattr(self._local, "client"):
+            self._local.client = self.http.InferenceServerClient(self.url, connection_timeout=10.0,
+                                                                 network_timeout=300.0)
+        return self._local.client
 
     def describe_backend(self, task: str) -> str:
         return self.name
@@ -113,9 +126,9 @@ class TritonEngine:
 
     def _infer(self, model: str, inputs, output: str) -> np.ndarray:
         try:
-            result = self.client.infer(model, inputs, outputs=[self.http.InferRequestedOutput(output)])
+            result = self.client().infer(model, inputs, outputs=[self.http.InferRequestedOutput(output)])
         except self.error as e:                # the server's PipelineError message travels in here
-            raise PipelineError(f"Triton ({model}): {e.message()}") from None
+            raise PipelineError(f"Triton ({model}): {server_message(e.message() or str(e))}") from None
         return result.as_numpy(output)
 
     def sample(self, task: str, sources, seeds: list[int], temperature: float) -> np.ndarray:

@@ -150,7 +150,8 @@ def create_app(engine, bundles: dict[str, Path], manifests: dict[str, dict], max
     @app.exception_handler(Exception)
     async def bug(request: Request, e: Exception):
         log.exception("request %s failed", request.url.path)
-        return JSONResponse({"error": f"internal error ({type(e).__name__}: {e}); the server log has the "
+        first = (str(e).strip().splitlines() or [""])[0]
+        return JSONResponse({"error": f"internal error ({type(e).__name__}: {first}); the server log has the "
                                       f"details"}, status_code=500)
 
     @app.get("/")

@@ -77,6 +77,7 @@ async function call(panel, button, url, body) {
     return data;
   } catch (e) {
     status.textContent = e.message; status.classList.add("error"); status.setAttribute("role", "alert");
+    out.replaceChildren();                       // an old result under a new error would read as its answer
     return null;
   } finally {
     button.disabled = false; panel.classList.remove("busy"); out.setAttribute("aria-busy", "false");
@@ -90,6 +91,7 @@ function answered(panel) { panel.dataset.answers = String(Number(panel.dataset.a
 function fail(panel, message) {
   const status = panel.querySelector(".status");
   status.textContent = message; status.className = "status error"; status.setAttribute("role", "alert");
+  panel.querySelector(".result").replaceChildren();
   answered(panel);
 }
 
@@ -108,6 +110,7 @@ function panel(title, hint, ...body) {
 function fileInput(name, onChange) {
   const input = el("input", {type: "file", accept: "image/*", name});
   const thumb = el("img", {class: "thumb", alt: "", hidden: true});
+  thumb.addEventListener("error", () => { thumb.hidden = true; });      // not an image the browser can show
   input.addEventListener("change", () => {
     const f = input.files[0];
     if (f && f.type.startsWith("image/")) { thumb.src = URL.createObjectURL(f); thumb.hidden = false; }
@@ -132,7 +135,8 @@ async function setFile(input, dataUrl, name) {
 }
 
 // ---- panels --------------------------------------------------------------------------------------
-function samplePanel(d, editHook) {
+// hooks: {edit, a, b}(url, source, seed) put a sample into the edit panel or a transfer side
+function samplePanel(d, hooks) {
   const src = sourceEditor(d, "sample", {multiline: !d.attributes,
     title: d.source_kind === "text" ? "Captions (one per line)" : undefined});
   const n = el("input", {type: "number", name: "num_samples", min: 1, max: 16, value: d.has_decoder ? 4 : 2});
@@ -140,7 +144,8 @@ function samplePanel(d, editHook) {
   const temp = el("input", {type: "number", name: "temperature", min: 0.05, max: 10, step: 0.05, value: 1.0});
   const button = el("button", {class: "primary", "data-action": "sample"}, d.has_decoder ? "Generate" : "Translate");
   const p = panel(d.has_decoder ? "Sample" : "Latents",
-    d.has_decoder ? "Draw samples of the target for a source. Click a sample to edit it below."
+    d.has_decoder ? "Draw samples of the target for a source." + (hooks ? " Send a sample to the edit or " +
+                    "transfer panel with the links under it." : "")
                   : "This bundle has no decoder: it returns the target latents zΘ.",
     src.el, el("div", {class: "row"}, el("label", {class: "field small"}, el("span", {}, "Samples"), n),
       el("label", {class: "field small"}, el("span", {}, "Seed"), seed),
@@ -159,9 +164,11 @@ function samplePanel(d, editHook) {
     const grid = el("div", {class: "grid", style: `grid-template-columns: repeat(${data.cols}, max-content)`});
     data.images.forEach((u, k) => {
       const row = Math.floor(k / data.cols), source = sources[Math.min(row, sources.length - 1)];
-      const i = img(u, d, `seed ${data.seeds[k]}`);
-      if (editHook) { i.classList.add("clickable"); i.addEventListener("click", () => editHook(u, source, data.seeds[k])); }
-      grid.append(el("figure", {}, i, el("figcaption", {}, `seed ${data.seeds[k]}`)));
+      const links = hooks ? Object.entries({edit: "edit", a: "A", b: "B"}).map(([h, text]) =>
+        el("button", {class: "link", "data-use": h, title: h === "edit" ? "edit this sample" : `use as image ${text}`,
+                      onclick: () => hooks[h](u, source, data.seeds[k])}, text)) : [];
+      grid.append(el("figure", {}, img(u, d, `seed ${data.seeds[k]}`),
+                     el("figcaption", {}, `seed ${data.seeds[k]}`, ...links)));
     });
     out.append(grid);
   });
@@ -201,6 +208,11 @@ function transferPanel(d) {
     src: sourceEditor(d, `source_${k}`, {title: `Image ${k.toUpperCase()} shows`,
       value: d.source_kind === "text" && i ? d.example.replace("red", "blue") : undefined})}));
   const button = el("button", {class: "primary", "data-action": "transfer"}, "Transfer");
+  const use = s => async (url, source, seed) => {
+    await setFile(s.file.input, url, `${d.task}-seed${seed}.png`);
+    s.src.set(source);
+    p.scrollIntoView({behavior: "smooth", block: "start"});
+  };
   const p = panel("Exemplar transfer", "Two images and what each shows: every image is redrawn under both " +
     "descriptions, keeping what its description leaves open (the residual v = τ⁻¹).",
     el("div", {class: "cols"}, ...sides.map(s => el("div", {class: "side"},
@@ -214,12 +226,13 @@ function transferPanel(d) {
     catch (e) { return fail(p, e.message); }
     const data = await call(p, button, `/api/${d.task}/transfer`, form);
     if (!data) return;
-    const head = ["", "as A's description", "as B's description"].map(t => el("div", {class: "gh"}, t));
+    const head = ["input", "with A's description", "with B's description"].map(t => el("div", {class: "gh"}, t));
     const grid = el("div", {class: "tgrid"}, ...head);
     data.grid.forEach((row, i) => grid.append(figure(data.inputs[i], d, `image ${"AB"[i]}`),
-      ...row.map((u, j) => img(u, d, `image ${"AB"[i]} as ${"AB"[j]}'s description`))));
+      ...row.map((u, j) => figure(u, d, i === j ? "reconstruction" : `${"AB"[i]} with ${"AB"[j]}'s`))));
     p.querySelector(".result").replaceChildren(grid);
   });
+  p.useA = use(sides[0]); p.useB = use(sides[1]);
   return p;
 }
 
@@ -235,9 +248,9 @@ function bundleView(d) {
       "python -m runtime translate BUNDLE --image FILE."));
     return sec;
   }
-  const edit = d.can_edit ? editPanel(d) : null;
-  sec.append(samplePanel(d, edit && edit.useSample));
-  if (edit) sec.append(edit, transferPanel(d));
+  const edit = d.can_edit ? editPanel(d) : null, transfer = d.can_edit ? transferPanel(d) : null;
+  sec.append(samplePanel(d, edit && {edit: edit.useSample, a: transfer.useA, b: transfer.useB}));
+  if (edit) sec.append(edit, transfer);
   return sec;
 }
 
