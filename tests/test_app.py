@@ -303,7 +303,7 @@ def test_triton_engine_matches_in_process(engines, tmp_path):
     serve_dir = tmp_path / "engines"
     for task in ("attributes", "text2image", "features"):
         copy_bundle(engines / task, serve_dir / task)
-    env = {**os.environ, "PYTRITON_HOME": str(tmp_path / "pytriton"),
+    env = {**os.environ,                 # serve picks a short PYTRITON_HOME itself (unix socket paths are short)
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     proc = subprocess.Popen([sys.executable, "-m", "runtime", "serve", str(serve_dir), "--http-port", str(ports[0]),
                              "--grpc-port", str(ports[1]), "--metrics-port", str(ports[2])], cwd=ROOT, env=env,
