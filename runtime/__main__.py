@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime import app as app_cmd         # stdlib only; the web stack is imported when `app` runs
+from runtime import app as app_cmd  # stdlib only; the web stack is imported when `app` runs
 from runtime.manifest import PipelineError, read_manifest
 from runtime.pipeline import BACKENDS, Pipeline
 
