@@ -212,6 +212,22 @@ def test_bad_requests_get_one_clear_message(client, url, kwargs, status, msg):
     assert client.post("/api/features/sample", json={"sources": [[0, 0, 0, 0]]}).status_code == 200
 
 
+def test_a_broken_bundle_is_reported_and_the_others_work(engines, tmp_path):
+    root = tmp_path / "engines"
+    copy_bundle(engines / "features", root / "features")
+    copy_bundle(engines / "attributes", root / "broken")
+    (root / "broken" / "flow_forward.onnx").write_bytes(b"tampered")
+    copy_bundle(engines / "features", root / "unreadable")
+    (root / "unreadable" / "manifest.json").write_text("{not json")
+    c = client_for(root)
+    views = {b["task"]: b for b in c.get("/api/bundles").json()["bundles"]}
+    assert "flow_forward.onnx' fails its SHA-256" in views["broken"]["error"] and "error" not in views["features"]
+    assert "manifest.json" in views["unreadable"]["error"]
+    r = c.post("/api/broken/sample", json={"sources": [onehot("color_red")]})
+    assert r.status_code == 400 and r.json()["error"].startswith("broken could not be opened")
+    assert c.post("/api/features/sample", json={"sources": [[0, 0, 0, 0]]}).status_code == 200
+
+
 def test_uploads_are_size_limited(engines):
     c = client_for(engines, max_upload_mb=0.05)
     big = encoded(np.random.default_rng(0).integers(0, 255, (200, 200, 3), dtype=np.uint8))   # ~120 KB of noise

@@ -76,7 +76,13 @@ def test_caption_gives_seeded_samples(page, engines):
     page.locator("#bundle-text2image textarea[name=sample]").fill("a small blue square")
     page.locator("#bundle-text2image input[name=num_samples]").fill("3")
     page.locator("#bundle-text2image input[name=seed]").fill("7")
+    page.evaluate("""() => { window.sawBusy = false;                 // record the busy state as it happens
+        const panel = document.querySelector("#bundle-text2image .panel");
+        new MutationObserver(() => { if (panel.classList.contains("busy") &&
+            panel.querySelector("button[data-action=sample]").disabled) window.sawBusy = true; })
+          .observe(panel, {attributes: true}); }""")
     panel = generate(page, "text2image")
+    assert page.evaluate("window.sawBusy")
     assert "ms to compute" in panel.locator(".status").inner_text()
     images = sources(panel.locator(".result img"))
     p = Pipeline.load(engines / "text2image")

@@ -148,8 +148,14 @@ class TritonEngine:
 
 
 def open_engine(engines_dir: Path, triton: str | None, **load_kwargs):
-    """(engine, {task: manifest}) for every bundle under engines_dir; task = the bundle's folder name."""
-    bundles = {p.name: p for p in find_bundles(engines_dir)}
-    manifests = {task: read_manifest(path) for task, path in bundles.items()}
-    engine = TritonEngine(triton, manifests) if triton else LocalEngine(bundles, **load_kwargs)
+    """(engine, {task: folder}, {task: manifest, or the PipelineError reading it}) for every bundle under
+    engines_dir; task = the bundle's folder name."""
+    bundles, manifests = {p.name: p for p in find_bundles(engines_dir)}, {}
+    for task, path in bundles.items():
+        try:
+            manifests[task] = read_manifest(path)
+        except PipelineError as e:           # shown in the bundle's tab; the other bundles still work
+            manifests[task] = e
+    good = {t: m for t, m in manifests.items() if isinstance(m, dict)}
+    engine = TritonEngine(triton, good) if triton else LocalEngine(bundles, **load_kwargs)
     return engine, bundles, manifests

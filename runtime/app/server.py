@@ -115,6 +115,9 @@ def create_app(engine, bundles: dict[str, Path], manifests: dict[str, dict], max
     app.add_middleware(BodyLimit, max_mb=max_upload_mb)
     views = {}
     for task, path in bundles.items():
+        if isinstance(manifests[task], PipelineError):
+            views[task] = {"task": task, "warnings": [], "error": str(manifests[task])}
+            continue
         views[task] = describe(task, path, manifests[task])
         try:
             views[task]["backend"] = engine.describe_backend(task) if preload else engine.name

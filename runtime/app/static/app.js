@@ -237,7 +237,7 @@ function transferPanel(d) {
 }
 
 function bundleView(d) {
-  const meta = [`${d.source_kind} source`, d.image ? `${d.image[0]}×${d.image[1]} images` : "latents only",
+  const meta = d.error ? "" : [`${d.source_kind} source`, d.image ? `${d.image[0]}×${d.image[1]} images` : "latents only",
                 `latent ${d.latent_dim}`, d.backend].filter(Boolean).join(" · ");
   const sec = el("article", {class: "bundle", id: `bundle-${d.task}`, "data-task": d.task, role: "tabpanel"},
     el("h2", {}, d.task, el("span", {class: "meta"}, meta)),
