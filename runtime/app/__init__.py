@@ -17,16 +17,18 @@ class AppError(PipelineError):
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = ("Serve a page to try every bundle under ENGINES_DIR: samples from a caption or attributes, "
+                     "edits of your own image, exemplar transfer, latents. Details: docs/app.md.")
     p.add_argument("engines_dir", metavar="ENGINES_DIR", help="folder of bundles (each a folder with manifest.json)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
-    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--port", type=int, default=7860, help="(default: 7860)")
     p.add_argument("--triton", metavar="URL", help="call a running `python -m runtime serve` at URL "
                    "(e.g. 127.0.0.1:8000) instead of running the bundles in this process")
     p.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "tensorrt"))
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])
     p.add_argument("--device", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads")
-    p.add_argument("--max-upload-mb", type=float, default=8.0, help="largest request (uploads) accepted")
+    p.add_argument("--max-upload-mb", type=float, default=8.0, help="largest request (uploads) accepted, in MB (default: 8)")
 
 
 def _check_port(host: str, port: int) -> None:
