@@ -119,7 +119,8 @@ def main(argv=None) -> int:
                 panel.locator("button[data-use=b]").first.click()
                 generate(page, args.task, "edit")
                 generate(page, args.task, "transfer")
-            page.evaluate("window.scrollTo(0, 0)")
+            page.evaluate("document.activeElement && document.activeElement.blur(); window.scrollTo(0, 0)")
+            page.mouse.move(0, 0)
             page.screenshot(path=args.out, full_page=True)
             browser.close()
     finally:

@@ -33,13 +33,13 @@ function sourceEditor(d, key, opts = {}) {
     const inputs = {};
     for (const g of d.attributes.groups) {
       if (g.one_hot) {
-        const row = el("div", {class: "group"}, el("span", {class: "gname"}, label(g.name)));
+        const chips = el("div", {class: "chips"});
         for (const m of g.members) {
           const r = el("input", {type: "radio", name: `${d.task}-${key}-${g.name}`, value: m, "data-attr": m});
           inputs[m] = r;
-          row.append(el("label", {class: "chip"}, r, label(m.slice(g.name.length + 1) || m)));
+          chips.append(el("label", {class: "chip"}, r, label(m.startsWith(g.name + "_") ? m.slice(g.name.length + 1) : m)));
         }
-        box.append(row);
+        box.append(el("div", {class: "group"}, el("span", {class: "gname"}, label(g.name)), chips));
       } else {
         const c = el("input", {type: "checkbox", "data-attr": g.name});
         inputs[g.name] = c;
