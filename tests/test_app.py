@@ -289,6 +289,17 @@ def test_runtime_import_stays_free_of_the_web_stack():
     assert p.returncode == 0, p.stderr
 
 
+def test_without_the_app_extra_the_command_says_what_to_install(engines):
+    block = ("import sys\nclass _Block:\n    def find_spec(self, name, path=None, target=None):\n"
+             "        if name.split('.')[0] in ('fastapi', 'uvicorn'):\n"
+             "            raise ImportError('blocked', name=name.split('.')[0])\n"
+             "sys.meta_path.insert(0, _Block())\n")
+    code = block + f"from runtime.__main__ import main\nsys.exit(main(['app', {str(engines)!r}, '--port', '0']))\n"
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and p.stderr.strip().splitlines() == [
+        "error: the page needs the app extra (uvicorn is missing): pip install '.[app]'"], p.stderr
+
+
 def test_triton_engine_unreachable_is_one_message():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
