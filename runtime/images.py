@@ -1,8 +1,9 @@
 """Reading user images for a bundle: any file Pillow reads, made the size the bundle's experts expect.
 
 The same convention as training's folder data (train/data/folders.py `load_image`): EXIF orientation
-applied, converted to RGB (or L for one-channel bundles), centre-cropped to a square of the shorter
-side, then an antialiased bicubic resize. The runtime cannot import train/ (torch), so it lives here
+applied, converted to RGB (or L for one-channel bundles; transparent pixels onto white), centre-cropped
+to a square of the shorter side, then an antialiased bicubic resize. The page shows the result beside
+its outputs, so the conversion is never hidden. The runtime cannot import train/ (torch), so it lives here
 for the CLI and the page. Every problem is a `PipelineError` naming the image.
 """
 from __future__ import annotations
@@ -30,7 +31,10 @@ def fit_image(data: bytes | str | Path, size: tuple[int, int], channels: int = 3
                 if im.width * im.height > MAX_PIXELS:
                     raise PipelineError(f"{name} is {im.width}x{im.height} pixels, more than the "
                                         f"{MAX_PIXELS // 1_000_000} megapixels accepted; shrink it first")
-                im = ImageOps.exif_transpose(im).convert("L" if channels == 1 else "RGB")
+                im = ImageOps.exif_transpose(im)
+                if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:   # transparent: onto white
+                    im = Image.alpha_composite(Image.new("RGBA", im.size, "white"), im.convert("RGBA"))
+                im = im.convert("L" if channels == 1 else "RGB")
                 side = min(im.width, im.height)
                 left, top = (im.width - side) // 2, (im.height - side) // 2
                 im = im.resize((w, h), Image.Resampling.BICUBIC, box=(left, top, left + side, top + side),

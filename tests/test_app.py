@@ -254,6 +254,8 @@ def test_fit_image_crops_the_centre_and_reads_any_mode(tmp_path):
     for path in (tmp_path / "p.gif", tmp_path / "la.png"):
         assert fit_image(path, (4, 4)).shape == (4, 4, 3)
     assert fit_image(tmp_path / "la.png", (4, 4), channels=1).shape == (4, 4, 1)
+    clear = np.zeros((8, 8, 4), np.uint8)                 # fully transparent: white, not black
+    assert (fit_image(encoded(clear), (4, 4)) == 255).all()
     with pytest.raises(PipelineError, match="more than the 0 megapixels"):
         import runtime.images
         old, runtime.images.MAX_PIXELS = runtime.images.MAX_PIXELS, 100

@@ -28,7 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])
     p.add_argument("--device", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads")
-    p.add_argument("--max-upload-mb", type=float, default=8.0, help="largest request (uploads) accepted, in MB (default: 8)")
+    p.add_argument("--max-upload-mb", type=float, default=8.0,
+                   help="largest request (uploads) accepted, in MB (default: 8)")
 
 
 def _check_port(host: str, port: int) -> None:
