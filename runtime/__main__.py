@@ -6,6 +6,7 @@
         --set color_red=0 --out edited.png
     python -m runtime check BUNDLE [--json]
     python -m runtime info BUNDLE [--json]
+    python -m runtime app ENGINES_DIR [--port 7860] [--triton URL]     (a web page; needs the [app] extra)
 
 translate writes a grid PNG (one row per source, one column per sample) when the bundle decodes
 images, else the latents as .npy (or JSON on stdout without --out). --source-json takes JSON text or
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime import app as app_cmd  # stdlib only; the web stack is imported when `app` runs
 from runtime.manifest import PipelineError, read_manifest
 from runtime.pipeline import BACKENDS, Pipeline
 
@@ -202,11 +204,13 @@ def build_parser() -> argparse.ArgumentParser:
     cmds["check"].add_argument("--json", action="store_true")
     cmds["check"].add_argument("--repeats", type=int, default=20, help="timed runs per latency")
     cmds["info"].add_argument("--json", action="store_true")
+    app_cmd.add_arguments(sub.add_parser("app", help="a web page to try every bundle under ENGINES_DIR"))
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
-    commands = {"translate": cmd_translate, "edit": cmd_edit, "check": cmd_check, "info": cmd_info}
+    commands = {"translate": cmd_translate, "edit": cmd_edit, "check": cmd_check, "info": cmd_info,
+                "app": app_cmd.run}
     with warnings.catch_warnings():
         warnings.showwarning = lambda msg, *a, **k: print(f"warning: {msg}", file=sys.stderr)
         try:
