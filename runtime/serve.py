@@ -244,9 +244,6 @@ def serve(engines_dir, host: str = "127.0.0.1", http_port: int = 8000, grpc_port
             raise PipelineError(f"{name} must be >= 1, got {value}")
     if max_queue_delay_us < 0:
         raise PipelineError(f"max_queue_delay_us must be >= 0, got {max_queue_delay_us}")
-    find_bundles(engines_dir)                  # a wrong folder is reported before the port check
-    _check_ports(host, {"--http-port": http_port, "--grpc-port": grpc_port, "--metrics-port": metrics_port})
-    models = build_models(engines_dir, backend, precision, max_batch, instances, threads, device)
     prepare_environment()
     try:
         from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
@@ -254,6 +251,9 @@ def serve(engines_dir, host: str = "127.0.0.1", http_port: int = 8000, grpc_port
     except ImportError as e:
         raise PipelineError(f"serving needs PyTriton ({e}); install it with `pip install '.[serve]'`") from None
     logging.getLogger("pytriton").setLevel(logging.WARNING)
+    find_bundles(engines_dir)                  # a wrong folder is reported before the port check
+    _check_ports(host, {"--http-port": http_port, "--grpc-port": grpc_port, "--metrics-port": metrics_port})
+    models = build_models(engines_dir, backend, precision, max_batch, instances, threads, device)
 
     stop = threading.Event()
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
