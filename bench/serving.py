@@ -14,9 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -27,58 +24,11 @@ from pathlib import Path
 import numpy as np
 
 from runtime import Pipeline
-from runtime.serve import find_bundles
+from runtime.serve import ServerProcess, find_bundles
 
 TEXTS = ["a small red circle", "two big blue squares", "a green triangle on the left", "a yellow star",
          "a dog", "a photograph of a mountain lake at dawn", "an old red car", "a bowl of fruit"]
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-class ServerProcess:
-    """`python -m runtime serve BUNDLE` on free loopback ports, in its own process group; `close()` sends
-    SIGTERM and waits, then kills the group by its PID if it has to."""
-
-    def __init__(self, bundle: Path, workdir: Path, delay_us: int, start_s: float = 300):
-        self.http_port, self.grpc_port, self.metrics_port = free_ports(3)
-        env = {**os.environ, "PYTRITON_HOME": str(workdir / "pytriton"),
-               "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "runtime", "serve", str(bundle), "--http-port", str(self.http_port),
-             "--grpc-port", str(self.grpc_port), "--metrics-port", str(self.metrics_port),
-             "--max-queue-delay-us", str(delay_us), "--log-file", str(workdir / "tritonserver.log")],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-        self.lines, self.ready = [], threading.Event()
-        threading.Thread(target=self._read, daemon=True).start()
-        if not self.ready.wait(start_s) or self.proc.poll() is not None:
-            self.close()
-            raise RuntimeError("server did not get ready:\n" + "".join(self.lines[-30:]))
-
-    def _read(self):
-        for line in self.proc.stdout:
-            self.lines.append(line)
-            if line.startswith("ready: ") and "_edit " not in line:
-                self.ready.set()
-
-    def close(self, stop_s: float = 90) -> int:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(stop_s)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        return self.proc.returncode
 
 
 def sources(p: Pipeline, n: int) -> list:
@@ -143,7 +93,8 @@ def bench_bundle(task: str, bundle: Path, clients: list[int], n: int, protocol: 
         timed(local_call, min(n, 2 * c), c)                       # warm-up
         results.append({"task": task, "mode": "in-process", "clients": c, **timed(local_call, n, c)})
         print(f"{task} in-process  {c:3d} clients: {results[-1]['rps']:.1f} req/s", file=sys.stderr)
-    server = ServerProcess(bundle, workdir, delay_us)
+    server = ServerProcess(bundle, "--max-queue-delay-us", str(delay_us), "--log-file",
+                           str(workdir / "tritonserver.log"), home=workdir / "pytriton")
     try:
         for c in clients:
             call = triton_call(server, p, task, rows, protocol, c)

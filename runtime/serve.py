@@ -29,6 +29,8 @@ import logging
 import os
 import signal
 import socket
+import subprocess
+import sys
 import sysconfig
 import tempfile
 import threading
@@ -283,3 +285,59 @@ def serve(engines_dir, host: str = "127.0.0.1", http_port: int = 8000, grpc_port
         triton.stop()
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+# ---- a server in a child process (tests, benchmarks, notebooks) --------------------------------------------
+
+def free_ports(n: int) -> list[int]:
+    """n loopback ports nothing listens on (bound to port 0 together, then released)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+class ServerProcess:
+    """`python -m runtime serve ENGINES *args` on free loopback ports in a child process and its own process group,
+    its working copy in `home` (PYTRITON_HOME). Ready when it printed `models` `ready:` lines; `close()` sends
+    SIGTERM, waits, and kills the group (by the child's PID) only if it has to."""
+
+    def __init__(self, engines: str | Path, *args: str, home: str | Path, models: int = 1, start_s: float = 300):
+        self.http_port, self.grpc_port, self.metrics_port = free_ports(3)
+        package_root = str(Path(__file__).resolve().parent.parent)
+        env = {**os.environ, "PYTRITON_HOME": str(home),
+               "PYTHONPATH": os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "runtime", "serve", str(engines), "--http-port", str(self.http_port),
+             "--grpc-port", str(self.grpc_port), "--metrics-port", str(self.metrics_port), *args],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        self.lines: list[str] = []
+        self._expected, self._ready = models, threading.Event()
+        threading.Thread(target=self._read, daemon=True).start()
+        if not self._ready.wait(start_s) or self.proc.poll() is not None:
+            self.close()
+            raise RuntimeError("runtime serve did not get ready:\n" + "".join(self.lines[-40:]))
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.lines.append(line)
+            if len(self.models) >= self._expected:
+                self._ready.set()
+
+    @property
+    def models(self) -> list[str]:
+        return [line.split()[1] for line in self.lines if line.startswith("ready: ")]
+
+    def close(self, stop_s: float = 90) -> int:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(stop_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        return self.proc.returncode

@@ -6,8 +6,6 @@ it leaves behind is found by that folder in its command line and ended by PID.""
 import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -16,10 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_export import ATTRIBUTES, ROOT, Bundles
+from test_export import ATTRIBUTES, Bundles
 
 from runtime import Pipeline
 from runtime.__main__ import main as cli
+from runtime.serve import ServerProcess
 
 pytest.importorskip("pytriton", reason="serving needs the [serve] extra")
 http = pytest.importorskip("tritonclient.http")
@@ -29,17 +28,6 @@ from tritonclient.utils import InferenceServerException  # noqa: E402
 TASKS = ("attributes", "text2image", "features")
 MODELS = ("attributes", "attributes_edit", "features", "text2image", "text2image_edit")
 START_S, STOP_S = 240, 90          # bounds on a busy 2-core machine (measured: ~20 s start, ~10 s stop)
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def processes_under(folder: Path) -> list[int]:
@@ -63,43 +51,12 @@ def end(pids: list[int]) -> None:
             pass
 
 
-class Server:
-    def __init__(self, engines: Path, home: Path, log: Path):
-        self.http_port, self.grpc_port, self.metrics_port = free_ports(3)
-        self.home = home
-        env = {**os.environ, "PYTRITON_HOME": str(home), "PYTHONPATH": os.pathsep.join([str(ROOT), *sys.path])}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "runtime", "serve", str(engines), "--http-port", str(self.http_port),
-             "--grpc-port", str(self.grpc_port), "--metrics-port", str(self.metrics_port), "--log-file", str(log)],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-        self.lines, self.ready = [], threading.Event()
-        threading.Thread(target=self._read, daemon=True).start()
-        if not self.ready.wait(START_S) or self.proc.poll() is not None:
-            self.close()
-            pytest.fail("server did not get ready:\n" + "".join(self.lines[-40:]))
-
-    def _read(self):
-        for line in self.proc.stdout:
-            self.lines.append(line)
-            if sum(x.startswith("ready: ") for x in self.lines) == len(MODELS):
-                self.ready.set()
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(STOP_S)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        end(processes_under(self.home))
-
-    def metric(self, name: str, model: str) -> float:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10).read().decode()
-        for line in text.splitlines():
-            if line.startswith(f'{name}{{model="{model}",'):
-                return float(line.rsplit(" ", 1)[1])
-        raise AssertionError(f"{name} for {model} not in metrics")
+def metric(server: ServerProcess, name: str, model: str) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10).read().decode()
+    for line in text.splitlines():
+        if line.startswith(f'{name}{{model="{model}",'):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} for {model} not in metrics")
 
 
 @pytest.fixture(scope="module")
@@ -115,9 +72,17 @@ def server(bundles, tmp_path_factory):
     engines.mkdir()
     for task, path in bundles.items():
         (engines / task).symlink_to(path, target_is_directory=True)
-    s = Server(engines, root / "pytriton", root / "tritonserver.log")
+    home = root / "pytriton"
+    try:
+        s = ServerProcess(engines, "--log-file", str(root / "tritonserver.log"), home=home, models=len(MODELS),
+                          start_s=START_S)
+    except RuntimeError as e:
+        end(processes_under(home))
+        pytest.fail(str(e))
+    s.home = home
     yield s
-    s.close()
+    s.close(STOP_S)
+    end(processes_under(home))
 
 
 @pytest.fixture(scope="module")
@@ -198,12 +163,12 @@ def test_burst_of_32_equals_each_row_alone(server, pipes):
     alone = [ask(row) for row in rows]
     assert all(np.array_equal(a, pipes["text2image"].translate([x], seed=s, temperature=t)[0])
                for a, (x, s, t) in zip(alone, rows))
-    count, batches = (server.metric(m, "text2image") for m in ("nv_inference_count", "nv_inference_exec_count"))
+    count, batches = (metric(server, m, "text2image") for m in ("nv_inference_count", "nv_inference_exec_count"))
     gate = threading.Barrier(32)
     with ThreadPoolExecutor(32) as pool:
         burst = list(pool.map(lambda row: (gate.wait(60), ask(row))[1], rows))
     assert all(np.array_equal(a, b) for a, b in zip(alone, burst))
-    count2, batches2 = (server.metric(m, "text2image") for m in ("nv_inference_count", "nv_inference_exec_count"))
+    count2, batches2 = (metric(server, m, "text2image") for m in ("nv_inference_count", "nv_inference_exec_count"))
     assert count2 - count == 32 and batches2 - batches < 32          # the batcher merged rows
 
 
@@ -254,6 +219,6 @@ def test_sigterm_stops_server_and_tritonserver(server):
     finally:
         left = processes_under(server.home)
         end(left)
-    assert code == 0, "".join(server.lines[-20:])
+    assert code == 0 and sorted(server.models) == sorted(MODELS), "".join(server.lines[-20:])
     assert not left, f"orphaned processes {left} after {time.monotonic() - t:.0f} s"
     assert not any(server.home.glob("workspace_*")), "PyTriton's working copy was not removed"
