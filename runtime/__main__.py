@@ -172,10 +172,14 @@ def cmd_info(args) -> int:
 
 def cmd_serve(args) -> int:
     from runtime.serve import serve
-    serve(args.engines_dir, host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
-          metrics_port=args.metrics_port, backend=args.backend, precision=args.precision, max_batch=args.max_batch,
-          max_queue_delay_us=args.max_queue_delay_us, instances=args.instances, threads=args.threads,
-          device=args.device, log_file=args.log_file, announce=lambda line: print(line, flush=True))
+    try:
+        serve(args.engines_dir, host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
+              metrics_port=args.metrics_port, backend=args.backend, precision=args.precision,
+              max_batch=args.max_batch, max_queue_delay_us=args.max_queue_delay_us, instances=args.instances,
+              threads=args.threads, device=args.device, log_file=args.log_file,
+              announce=lambda line: print(line, flush=True))
+    except KeyboardInterrupt:             # Ctrl-C while the bundles load, before serve's own handlers exist
+        return 130
     return 0
 
 
