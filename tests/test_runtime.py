@@ -245,13 +245,23 @@ def test_runtime_runs_with_torch_unimportable(bundles):
 
 def test_runtime_imports_only_allowed_modules():
     allowed = {"numpy", "onnxruntime", "tokenizers", "PIL", "tensorrt", "pycuda", "cuda", "runtime"}
+    # serve.py imports PyTriton (the [serve] extra) inside serve() only; the test below keeps it out of `import`
+    also = {"serve.py": {"pytriton"}}
     for path in Path(runtime.__file__).parent.glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                 [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
             for name in names:
                 top = name.split(".")[0]
-                assert top in allowed or top in sys.stdlib_module_names, f"{path.name} imports {name}"
+                assert top in allowed | also.get(path.name, set()) or top in sys.stdlib_module_names, \
+                    f"{path.name} imports {name}"
+
+
+def test_importing_the_runtime_and_its_cli_loads_no_serving_stack():
+    code = ("import sys, runtime, runtime.serve, runtime.__main__\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'pytriton', 'tritonclient', 'torch'}))")
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and p.stdout.strip() == "[]", p.stderr
 
 
 # ---- CLI ------------------------------------------------------------------------------------------------
