@@ -3,14 +3,13 @@
 
   manifest writing   stage entries read from the ONNX graphs themselves, SHA-256 of every file,
                      validation against the runtime's schema, atomic writes;
-  int8 flow graphs   quantize_dynamic on each direction (MatMul weights int8, activations quantized
-                     per batch at run time), identical int8 weights in both directions verified;
+  int8 helpers       Gemm -> MatMul + Add (the form the quantizers handle), a latency probe (the int8
+                     flow graphs themselves: export.quantize);
   fp16 graphs        `to_fp16`, an allow-list converter (fp32 I/O, fp16 inside where it is safe).
 """
 from __future__ import annotations
 
 import json
-import logging
 import os
 import tempfile
 import time
@@ -20,7 +19,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from runtime.manifest import MANIFEST, l2_rel, nll_per_dim, read_manifest, sha256_file, stage_name, validate_manifest
+from runtime.manifest import FUSED_ROLES, MANIFEST, read_manifest, sha256_file, stage_name, validate_manifest
 
 
 class ExportError(Exception):
@@ -82,14 +81,18 @@ def write_manifest(bundle_dir: str | Path, manifest: dict) -> dict:
     return manifest
 
 
-def session(path: Path, threads: int = 1):
-    """A CPU onnxruntime session as the export checks use it (imported lazily: not needed on Jetson)."""
+def session(path: Path, threads: int = 1, precision: str = "fp32"):
+    """A CPU onnxruntime session as the export checks use it (imported lazily: not needed on Jetson);
+    int8 stages with the runtime's optimizer settings."""
     import onnxruntime as ort
+
+    from runtime.backends import disabled_optimizers
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"],
+                                disabled_optimizers=disabled_optimizers(precision))
 
 
 def gemm_to_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -119,33 +122,8 @@ def gemm_to_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def quantize_int8(src: Path, dst: Path) -> None:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-    with tempfile.TemporaryDirectory() as tmp:
-        mm = Path(tmp) / "matmul.onnx"
-        graph = gemm_to_matmul(onnx.load(str(src)))
-        onnx.save(graph, str(mm))
-        # the condition's whitening stays fp32: its entries are ~150x below its diagonal (median), so with one
-        # int8 scale per tensor a third of them round to 0 (text2image: NLL drift 0.018 nats/dim, fp32: 0.009)
-        keep = [n.name for n in graph.graph.node if n.op_type == "MatMul" and n.input[1].endswith("cond_whitening")]
-        logging.disable(logging.WARNING)          # quantize_dynamic's "consider pre-processing" notice
-        try:
-            quantize_dynamic(str(mm), str(dst), op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8,
-                             nodes_to_exclude=keep)
-        finally:
-            logging.disable(logging.NOTSET)
-    onnx.checker.check_model(onnx.load(str(dst)), full_check=True)
-
-
-def quantized_weights(path: Path) -> dict[str, np.ndarray]:
-    """The int8 weights, scales and zero points quantize_dynamic wrote, by name."""
-    inits = {i.name: i for i in onnx.load(str(path)).graph.initializer}
-    bases = [name[:-len("_quantized")] for name in inits if name.endswith("_quantized")]
-    names = [f"{b}{s}" for b in bases for s in ("_quantized", "_scale", "_zero_point")]
-    return {name: numpy_helper.to_array(inits[name]) for name in names}
-
-
-def _latency(sess, feed: dict, reps: int = 200) -> float:
+def median_latency(sess, feed: dict, reps: int = 200) -> float:
+    """Median seconds of one `sess.run` on `feed` (after a warm-up)."""
     for _ in range(20):
         sess.run(None, feed)
     times = []
@@ -154,30 +132,6 @@ def _latency(sess, feed: dict, reps: int = 200) -> float:
         sess.run(None, feed)
         times.append(time.perf_counter() - t)
     return float(np.median(times))
-
-
-def add_int8(bundle: Path, cond: np.ndarray, z: np.ndarray) -> dict:
-    """Write the int8 flow pair, verify identical quantized weights, and measure what int8 costs."""
-    for role in ("flow_forward", "flow_inverse"):
-        quantize_int8(bundle / f"{role}.onnx", bundle / f"{role}.int8.onnx")
-    w_fwd = quantized_weights(bundle / "flow_forward.int8.onnx")
-    w_inv = quantized_weights(bundle / "flow_inverse.int8.onnx")
-    if w_fwd.keys() != w_inv.keys() or any(not np.array_equal(w_fwd[k], w_inv[k]) for k in w_fwd):
-        raise ExportError("int8: the two flow directions ended up with different quantized weights; not writing")
-    s = {f"{r}{p}": session(bundle / f"{r}{p}.onnx") for r in ("flow_forward", "flow_inverse") for p in ("", ".int8")}
-    v32, ld32 = s["flow_inverse"].run(None, {"z": z, "cond": cond})
-    v8, ld8 = s["flow_inverse.int8"].run(None, {"z": z, "cond": cond})
-    z8 = s["flow_forward.int8"].run(None, {"v": v8, "cond": cond})[0]
-    single = np.concatenate([s["flow_inverse.int8"].run(None, {"z": z[i:i + 1], "cond": cond[i:i + 1]})[0]
-                             for i in range(min(16, len(z)))])
-    one = {"z": z[:1], "cond": cond[:1]}
-    t32 = _latency(s["flow_inverse"], one) + _latency(s["flow_forward"], {"v": v32[:1], "cond": cond[:1]})
-    t8 = _latency(s["flow_inverse.int8"], one) + _latency(s["flow_forward.int8"], {"v": v8[:1], "cond": cond[:1]})
-    return {"identical_weights": True, "quantized_tensors": len(w_fwd), "roundtrip_rel": l2_rel(z8, z),
-            "nll_fp32": float(nll_per_dim(v32, ld32).mean()), "nll_int8": float(nll_per_dim(v8, ld8).mean()),
-            "nll_drift_nats_per_dim": float(nll_per_dim(v8, ld8).mean() - nll_per_dim(v32, ld32).mean()),
-            "v_batch_dependence_max_abs": float(np.abs(single - v8[:len(single)]).max()),
-            "latency_batch1_ms": {"fp32": t32 * 1e3, "int8": t8 * 1e3}, "speedup_batch1": t32 / t8}
 
 
 FP16 = TensorProto.FLOAT16
@@ -253,10 +207,11 @@ def fp16_variant(src: Path, dst: Path, flow: bool) -> None:
 
 
 def add_fp16_stages(bundle: Path) -> dict:
-    """STAGE.fp16.onnx for every fp32 stage, registered in the manifest; returns the manifest."""
+    """STAGE.fp16.onnx for every fp32 stage, registered in the manifest; returns the manifest. Fused graphs
+    are skipped: their flow part would get the experts' fp16 op list (fp16 runs chain the stages)."""
     manifest = read_manifest(bundle)
     for name, st in list(manifest["stages"].items()):
-        if st["precision"] == "fp32":
+        if st["precision"] == "fp32" and st["role"] not in FUSED_ROLES:
             file = f"{name}.fp16.onnx"
             fp16_variant(bundle / st["file"], bundle / file, flow=st["role"].startswith("flow_"))
             manifest["stages"][stage_name(st["role"], "fp16")] = stage_entry(bundle, file, st["role"], "fp16")

@@ -6,6 +6,8 @@
         --set color_red=0 --out edited.png
     python -m runtime check BUNDLE [--json]
     python -m runtime info BUNDLE [--json]
+    python -m runtime serve ENGINES_DIR [--http-port 8000] [--grpc-port 8001] [--max-batch 64] ...
+    python -m runtime app ENGINES_DIR [--port 7860] [--triton URL]     (a web page; needs the [app] extra)
 
 translate writes a grid PNG (one row per source, one column per sample) when the bundle decodes
 images, else the latents as .npy (or JSON on stdout without --out). --source-json takes JSON text or
@@ -13,6 +15,8 @@ a file: a list of vectors, or for bundles whose manifest has `attribute_names` a
 {name: value} objects naming every attribute. edit needs an attribute bundle with a target encoder;
 the input image's own attributes must be given with --attributes-json (the runtime has no
 attribute classifier); --set changes some of them. check exits 1 when a tolerance is missed.
+serve runs every bundle under ENGINES_DIR on Triton Inference Server (PyTriton, `pip install '.[serve]'`)
+until SIGINT/SIGTERM; models, inputs and outputs are in runtime/serve.py and docs/deploy.md.
 Errors: one line on stderr, exit code 2.
 """
 from __future__ import annotations
@@ -25,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime import app as app_cmd  # stdlib only; the web stack is imported when `app` runs
 from runtime.manifest import PipelineError, read_manifest
 from runtime.pipeline import BACKENDS, Pipeline
 
@@ -139,8 +144,16 @@ def cmd_check(args) -> int:
     if "tokenizer_match" in report:
         print(f"  tokenizer ids match export: {report['tokenizer_match']}")
     print(f"  flow round trip {report['roundtrip_rel']:.2e}; NLL {report['nll_nats_per_dim']:.4f} nats/dim "
-          f"(PyTorch {report['nll_pytorch']:.4f}) on {report['validation_pairs']} pairs")
-    print(f"  translate end to end, batch 1: {report['latency_batch1_ms']['translate_end_to_end']:.2f} ms")
+          f"(PyTorch {report['nll_pytorch']:.4f}, drift {report['nll_drift_nats_per_dim']:+.5f} nats/dim absolute) "
+          f"on {report['validation_pairs']} pairs")
+    print(f"  batch dependence ({report['precisions']['flow_inverse']} flow): max |dv| "
+          f"{report['v_batch_dependence_max_abs']:.1e} (a row alone vs in batches of 8 and 64)")
+    for role, err in report["fused_parity_max_rel"].items():
+        print(f"  fused {role:9s} vs chained stages {err:.2e}")
+    lat = report["latency_batch1_ms"]
+    chained = lat.get("translate_chained_end_to_end")
+    chained = f" (chained stages {chained:.2f} ms)" if chained is not None else ""
+    print(f"  translate end to end, batch 1: {lat['translate_end_to_end']:.2f} ms{chained}")
     print("OK" if report["ok"] else "FAILED: " + "; ".join(report["failures"]))
     return 0 if report["ok"] else 1
 
@@ -165,6 +178,35 @@ def cmd_info(args) -> int:
     for w in m.get("warnings", []):
         print(f"  warning: {w}")
     return 0
+
+
+def cmd_serve(args) -> int:
+    from runtime.serve import serve
+    try:
+        serve(args.engines_dir, host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
+              metrics_port=args.metrics_port, backend=args.backend, precision=args.precision,
+              max_batch=args.max_batch, max_queue_delay_us=args.max_queue_delay_us, instances=args.instances,
+              threads=args.threads, device=args.device, log_file=args.log_file,
+              announce=lambda line: print(line, flush=True))
+    except KeyboardInterrupt:             # Ctrl-C while the bundles load, before serve's own handlers exist
+        return 130
+    return 0
+
+
+def _serve_arguments(s: argparse.ArgumentParser) -> None:
+    s.add_argument("engines_dir", help="folder of bundles (or one bundle); each is served as a model")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
+    s.add_argument("--http-port", type=int, default=8000)
+    s.add_argument("--grpc-port", type=int, default=8001)
+    s.add_argument("--metrics-port", type=int, default=8002)
+    s.add_argument("--backend", default="auto", choices=BACKENDS)
+    s.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])
+    s.add_argument("--device", type=int, default=0)
+    s.add_argument("--max-batch", type=int, default=64, help="largest batch the dynamic batcher merges")
+    s.add_argument("--max-queue-delay-us", type=int, default=2000, help="how long a request waits for others")
+    s.add_argument("--instances", type=int, default=1, help="model instances (each its own Pipeline)")
+    s.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads per instance")
+    s.add_argument("--log-file", help="tritonserver's log (default: printed with the server's output)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -194,11 +236,14 @@ def build_parser() -> argparse.ArgumentParser:
     cmds["check"].add_argument("--json", action="store_true")
     cmds["check"].add_argument("--repeats", type=int, default=20, help="timed runs per latency")
     cmds["info"].add_argument("--json", action="store_true")
+    _serve_arguments(sub.add_parser("serve"))
+    app_cmd.add_arguments(sub.add_parser("app", help="a web page to try every bundle under ENGINES_DIR"))
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
-    commands = {"translate": cmd_translate, "edit": cmd_edit, "check": cmd_check, "info": cmd_info}
+    commands = {"translate": cmd_translate, "edit": cmd_edit, "check": cmd_check, "info": cmd_info,
+                "serve": cmd_serve, "app": app_cmd.run}
     with warnings.catch_warnings():
         warnings.showwarning = lambda msg, *a, **k: print(f"warning: {msg}", file=sys.stderr)
         try:

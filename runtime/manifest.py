@@ -19,6 +19,15 @@ SHA-256 next to its name (stages, tokenizer files, validation arrays, TensorRT p
     validation      {origin, count, files {path: sha256}}
     source, exporter, warnings, checks; optional attribute_names, split, tensorrt {version, gpu,
     compute_capability, plans {stage: {file, sha256, min_batch, opt_batch, max_batch, seq, workspace_gb}}}
+
+Optional fused stages (export.fuse; the Pipeline uses one when its precision is the one asked for, the
+chained stages otherwise): role `translate` (Φ -> τ -> Λ) or `transfer` (Θ -> τ⁻¹ -> τ -> Λ), named like
+any stage ("translate", "transfer.int8"), with two more fields: fused_from [stage names] and
+parity_max_rel (against the chained stages at export). I/O: see FUSED_INPUTS; the output is `image`,
+or `z` in bundles without a decoder.
+checks.int8 (export.quantize): roundtrip_rel, nll_fp32, nll_int8, nll_drift_nats_per_dim (absolute),
+v_batch_dependence_max_abs (and _fp32), groups {name: {precision, nll_drift_alone}}, fp32_groups,
+calibration_pairs, calibration_origin, targets; or {refused: why} when no int8 stage was written.
 """
 from __future__ import annotations
 
@@ -41,7 +50,12 @@ STAGE_IO = {
     "target_decoder": (("z",), ("image",)),
 }
 SOURCE_IO = {"text": (("input_ids", "attention_mask"), ("embedding",)), "image": (("image",), ("embedding",))}
-ROLES = ("source_encoder", *STAGE_IO)
+FUSED_ROLES = ("translate", "transfer")
+# fused role -> inputs by source kind (the source's own inputs, renamed where they would clash)
+FUSED_INPUTS = {"translate": {"text": ("input_ids", "attention_mask", "v"), "image": ("source_image", "v"),
+                              "vector": ("cond", "v")},
+                "transfer": {kind: ("target_image", "cond", "new_cond") for kind in SOURCE_KINDS}}
+ROLES = ("source_encoder", *STAGE_IO, *FUSED_ROLES)
 
 
 class PipelineError(ValueError):
@@ -66,12 +80,51 @@ def nll_per_dim(v, logdet) -> np.ndarray:
     return (0.5 * (v ** 2).sum(1) + 0.5 * v.shape[1] * np.log(2 * np.pi) - logdet) / v.shape[1]
 
 
+def batch_dependence(run, feeds: dict[str, np.ndarray], rows: int = 8, sizes: tuple[int, ...] = (8, 64),
+                     seed: int = 0) -> float:
+    """max |Δ| of a row's output computed alone vs inside batches of `sizes` rows of other inputs (the
+    pool's other rows, at a random position): 0 when each row is independent of the rest of its batch.
+    `run(feeds) -> array` runs one graph; `feeds` holds aligned rows (at least 2)."""
+    n = len(next(iter(feeds.values())))
+    rng, worst = np.random.default_rng(seed), 0.0
+    for i in range(min(rows, n)):
+        alone = run({k: x[i:i + 1] for k, x in feeds.items()})
+        others = np.delete(np.arange(n), i)
+        for size in sizes:
+            idx = rng.permutation(np.resize(others, size - 1))
+            at = int(rng.integers(size))
+            idx = np.insert(idx, at, i)
+            inside = run({k: x[idx] for k, x in feeds.items()})[at:at + 1]
+            worst = max(worst, float(np.abs(np.asarray(inside, np.float64) - alone).max()))
+    return worst
+
+
+def fused_feeds(role: str, source_kind: str, val: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+    """Inputs of a fused stage from a bundle's validation arrays (export's parity check and `runtime check`);
+    None when the bundle has no such chain (no target encoder: no transfer)."""
+    if role == "transfer" and "encoder_input" not in val:
+        return None
+    if role == "transfer":
+        n = len(val["encoder_input"])
+        cond = val["cond"][:n]
+        return {"target_image": val["encoder_input"], "cond": cond,
+                "new_cond": np.ascontiguousarray(np.roll(cond, 1, 0))}
+    src = {"text": lambda: {"input_ids": val["input_ids"], "attention_mask": val["attention_mask"]},
+           "image": lambda: {"source_image": val["source_images"]},
+           "vector": lambda: {"cond": val["cond"][:16]}}[source_kind]()
+    n = len(next(iter(src.values())))
+    return {**src, "v": np.ascontiguousarray(np.resize(val["fixed_v"], (n, val["fixed_v"].shape[1])))}
+
+
 def stage_name(role: str, precision: str) -> str:
     """`flow_forward` for fp32, `flow_forward.int8` for other precisions."""
     return role if precision == "fp32" else f"{role}.{precision}"
 
 
-def stage_io(role: str, source_kind: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def stage_io(role: str, source_kind: str, decoder: bool = True) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(input names, output names) of a stage; `decoder`: whether a fused graph ends in Λ."""
+    if role in FUSED_ROLES:
+        return FUSED_INPUTS[role][source_kind], ("image",) if decoder else ("z",)
     return SOURCE_IO[source_kind] if role == "source_encoder" else STAGE_IO[role]
 
 
@@ -127,7 +180,8 @@ def validate_manifest(m: dict) -> None:
             raise PipelineError(f"manifest.json: stage '{name}' needs a relative 'file' and its 'sha256'")
         if st["role"] == "source_encoder" and m["source_kind"] == "vector":
             raise PipelineError("manifest.json: a vector-source bundle cannot have a source_encoder")
-        inputs, outputs = stage_io(st["role"], m["source_kind"])
+        decoder = any(s.get("role") == "target_decoder" for s in m["stages"].values() if isinstance(s, dict))
+        inputs, outputs = stage_io(st["role"], m["source_kind"], decoder)
         got = (tuple(t.get("name") for t in st.get("inputs", [])), tuple(t.get("name") for t in st.get("outputs", [])))
         if got != (inputs, outputs):
             raise PipelineError(f"manifest.json: stage '{name}' has I/O {got}, expected {(inputs, outputs)}")
@@ -182,8 +236,8 @@ def select_stages(manifest: dict, precision: str) -> dict[str, str]:
         raise PipelineError(f"this bundle has no {precision} stages; add them with `{how}`")
     chosen = {}
     for name, st in stages.items():
-        if st["precision"] == "fp32":
-            chosen.setdefault(st["role"], name)
+        if st["precision"] == "fp32" and (st["role"] not in FUSED_ROLES or precision == "fp32"):
+            chosen.setdefault(st["role"], name)     # a fused graph only at its own precision
     for name, st in stages.items():
         if st["precision"] == precision and precision != "fp32":
             chosen[st["role"]] = name

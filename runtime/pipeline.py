@@ -15,6 +15,11 @@ are split; PyTorch reproduces them from the same array (`torch.from_numpy(v)`).
 Images are uint8 NHWC at the API; graphs see float NCHW in [-1, 1]: x / 127.5 - 1 going in,
 clip(rint((y + 1) * 127.5), 0, 255) coming out.
 
+Fused graphs: where the bundle has a `translate` / `transfer` graph at the precision asked for (export.fuse),
+`translate` (one sample per source) and `transfer` (image targets) run it as one call; otherwise, or with
+`Pipeline.load(..., fused=False)`, the stages are chained. Both give the same results (checked at export
+and by `check`); translate with num_samples > 1 chains, so Φ runs once per source, not once per sample.
+
 Batches: split at `max_batch` (the TensorRT profile's max, or the `max_batch` given for
 onnxruntime); chained stages (Θ -> τ⁻¹, τ -> Λ) pass device values, so on a GPU the intermediates
 never leave it. Threads: one Pipeline may be shared; see runtime.backends for the locking. Every
@@ -23,7 +28,6 @@ input problem raises `PipelineError` (a ValueError) with one clear message.
 from __future__ import annotations
 
 import json
-import numbers
 import threading
 import time
 import warnings
@@ -32,42 +36,38 @@ from pathlib import Path
 import numpy as np
 
 from runtime.backends import OrtBackend, TrtBackend
-from runtime.manifest import PipelineError, l2_rel, max_rel, nll_per_dim, read_manifest, select_stages, verify_files
+from runtime.inputs import (  # noqa: F401  (images_*: re-exported, callers import them from here)
+    as_float_batch,
+    check_count,
+    check_images,
+    check_temperature,
+    check_texts,
+    images_from_model,
+    images_to_model,
+    seeded_rng,
+)
+from runtime.manifest import (
+    FUSED_ROLES,
+    PipelineError,
+    batch_dependence,
+    fused_feeds,
+    l2_rel,
+    max_rel,
+    nll_per_dim,
+    read_manifest,
+    select_stages,
+    verify_files,
+)
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt")
 # what `check` accepts, by stage precision: max |a-b| / max |b| against the PyTorch outputs (None:
-# reported, not judged), flow round trip ‖τ(τ⁻¹(z)) - z‖ / ‖z‖, NLL drift in nats/dim
-CHECK_TOLERANCES = {"fp32": (1e-4, 1e-5, 1e-3), "fp16": (5e-2, 1e-3, 5e-2), "int8": (None, 1e-3, 5e-2)}
-
-
-def images_to_model(images: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray((images.astype(np.float32) / 127.5 - 1.0).transpose(0, 3, 1, 2))
-
-
-def images_from_model(x: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint((x.astype(np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
-
-
-def as_float_batch(x, tail: tuple[int, ...], what: str) -> np.ndarray:
-    """A numeric (N, *tail) array, N >= 1, all finite, as float32; anything else is a PipelineError."""
-    if isinstance(x, (str, bytes)):
-        raise PipelineError(f"{what} must be an array of numbers of shape (N, {', '.join(map(str, tail))}), "
-                            f"got a string")
-    try:
-        arr = np.asarray(x)
-    except ValueError as e:
-        raise PipelineError(f"{what} is not a rectangular array: {e}") from None
-    if arr.size == 0 or arr.ndim == 0 or arr.shape[0] == 0:
-        raise PipelineError(f"{what} is empty (a batch of zero); pass at least one row")
-    if arr.dtype.kind not in "fiub":
-        raise PipelineError(f"{what} must be numeric, got dtype {arr.dtype}")
-    if arr.shape[1:] != tuple(tail):
-        raise PipelineError(f"{what} must have shape (N, {', '.join(map(str, tail))}), got {arr.shape}")
-    arr = arr.astype(np.float32)
-    bad = ~np.isfinite(arr.reshape(len(arr), -1)).all(1)
-    if bad.any():
-        raise PipelineError(f"{what} contains NaN/Inf in {int(bad.sum())} row(s), first at row {int(np.argmax(bad))}")
-    return arr
+# reported, not judged), flow round trip ‖τ(τ⁻¹(z)) - z‖ / ‖z‖, |NLL drift| in nats/dim (absolute), and
+# batch dependence (max |Δv| of a row alone vs in batches of 8 and 64; fp16 engines may pick kernels by
+# batch size, so there it is reported, not judged)
+CHECK_TOLERANCES = {"fp32": (1e-4, 1e-5, 1e-3, 1e-5), "fp16": (5e-2, 1e-3, 5e-2, None),
+                    "int8": (None, 1e-4, 3e-3, 1e-5)}
+# fused graph vs the chained stages (max |a-b| / max |b|): int8 may flip a rounding step at a stage boundary
+FUSED_TOLERANCES = {"fp32": 1e-4, "fp16": 5e-2, "int8": 1e-2}
 
 
 class Pipeline:
@@ -86,13 +86,14 @@ class Pipeline:
 
     @classmethod
     def load(cls, bundle_dir: str | Path, backend: str = "auto", device: int = 0, providers=None,
-             precision: str = "fp32", max_batch: int = 64, threads: int = 1) -> "Pipeline":
+             precision: str = "fp32", max_batch: int = 64, threads: int = 1, fused: bool = True) -> "Pipeline":
         """Read and validate the manifest, verify every file's SHA-256, open the stages.
 
         backend: "auto" (TensorRT plans when they exist and match this machine's TensorRT version and
         GPU, else onnxruntime), "onnxruntime" or "tensorrt". precision: "fp32", "int8" (flow stages)
         or "fp16". max_batch: split size for onnxruntime (TensorRT uses its profile's max).
-        threads: onnxruntime intra-op threads (1 by default: lowest batch-1 latency on a busy CPU)."""
+        threads: onnxruntime intra-op threads (1 by default: lowest batch-1 latency on a busy CPU).
+        fused: use the bundle's fused translate/transfer graphs where it has them (False: always chain)."""
         if backend not in BACKENDS:
             raise PipelineError(f"unknown backend '{backend}'; choose one of {', '.join(BACKENDS)}")
         for name, value in (("max_batch", max_batch), ("threads", threads)):
@@ -102,9 +103,13 @@ class Pipeline:
         manifest = read_manifest(bundle_dir)
         verify_files(bundle_dir, manifest)
         stages = select_stages(manifest, precision)
+        if not fused:
+            stages = {r: n for r, n in stages.items() if r not in FUSED_ROLES}
         engine = None
         if backend == "tensorrt" or (backend == "auto" and "tensorrt" in manifest):
-            try:
+            plans = manifest.get("tensorrt", {}).get("plans", {})
+            try:                                  # fused graphs are optional: chain where they have no engine
+                stages = {r: n for r, n in stages.items() if r not in FUSED_ROLES or n in plans}
                 engine = TrtBackend(bundle_dir, manifest, stages, device)
             except PipelineError as e:
                 if backend == "tensorrt":
@@ -134,11 +139,34 @@ class Pipeline:
     def translate(self, source, num_samples: int = 1, seed: int | None = None, temperature: float = 1.0):
         """Samples of the target for each source: images uint8 (N*S, H, W, C) when the bundle has a
         decoder, else latents (N*S, D); row i*S + k is sample k of source i."""
-        s, t = _check_count(num_samples), _check_temperature(temperature)
-        rng = _rng(seed)
+        return self._translate(source, num_samples, seed, temperature, fused=True)
+
+    def _translate(self, source, num_samples, seed, temperature, fused: bool):
+        s, t = check_count(num_samples), check_temperature(temperature)
+        rng = seeded_rng(seed)
+        if fused and s == 1 and "translate" in self.stages:
+            return self._translate_fused(source, lambda n: rng.standard_normal((n, self.latent_dim),
+                                                                               dtype=np.float32) * np.float32(t))
         cond = np.repeat(self.encode_source(source), s, axis=0)
         v = rng.standard_normal((len(cond), self.latent_dim), dtype=np.float32) * np.float32(t)
         return self._generate(v, cond)
+
+    def _translate_fused(self, source, draw) -> np.ndarray:
+        """Φ -> τ -> Λ as one graph call per chunk; `draw(n)` gives v for n sources (as the chained path)."""
+        if self.source_kind == "text":
+            texts = check_texts(source)
+            v, out = draw(len(texts)), []
+            for sl in self._chunks(len(texts)):
+                ids, mask = self._tokenize(texts[sl])
+                out.append(self.backend.run("translate", {"input_ids": ids, "attention_mask": mask, "v": v[sl]}))
+            return self._output({k: np.concatenate([o[k] for o in out]) for k in out[0]})
+        if self.source_kind == "image":
+            img = self.manifest["source_image"]
+            feeds = {"source_image": images_to_model(check_images(source, (*img["size"], img["channels"]), "source"))}
+        else:
+            feeds = {"cond": as_float_batch(source, self.cond_shape, "source")}
+        n = len(next(iter(feeds.values())))
+        return self._output(self._chunked("translate", {**feeds, "v": draw(n)}))
 
     def residual(self, target, source) -> np.ndarray:
         """v = τ⁻¹(Θ(target) | Φ(source)); target is uint8 images or latents zΘ (N, D)."""
@@ -158,6 +186,15 @@ class Pipeline:
     def transfer(self, target, source, new_source):
         """Λ(τ(τ⁻¹(Θ(target) | Φ(source)) | Φ(new_source))): keep what the source does not explain,
         change what it does. Returns images (or latents without a decoder)."""
+        if "transfer" in self.stages and isinstance(target, np.ndarray) and target.dtype == np.uint8 \
+                and target.ndim == 4:
+            images, _ = self._target(target)
+            cond, new = self.encode_source(source), self.encode_source(new_source)
+            for what, c in (("source", cond), ("new_source", new)):
+                if len(c) != len(images):
+                    raise PipelineError(f"{what} has {len(c)} rows but target has {len(images)}")
+            return self._output(self._chunked("transfer", {"target_image": images_to_model(images), "cond": cond,
+                                                           "new_cond": new}))
         v = self.residual(target, source)
         cond = self.encode_source(new_source)
         if len(cond) != len(v):
@@ -171,9 +208,9 @@ class Pipeline:
             return as_float_batch(source, self.cond_shape, "source")
         if self.source_kind == "image":
             img = self.manifest["source_image"]
-            images = _check_images(source, (*img["size"], img["channels"]), "source")
+            images = check_images(source, (*img["size"], img["channels"]), "source")
             return self._chunked("source_encoder", {"image": images_to_model(images)})["embedding"]
-        texts = _check_texts(source)
+        texts = check_texts(source)
         out = []
         for sl in self._chunks(len(texts)):
             ids, mask = self._tokenize(texts[sl])
@@ -194,7 +231,7 @@ class Pipeline:
     def encode_target(self, images) -> np.ndarray:
         """Θ: uint8 images (N, H, W, C) -> zΘ (N, D), the encoder's mean."""
         self._need("target_encoder", "encode_target")
-        images = _check_images(images, self.image_shape, "images")
+        images = check_images(images, self.image_shape, "images")
         return self._chunked("target_encoder", {"image": images_to_model(images)})["z"]
 
     def decode_target(self, z) -> np.ndarray:
@@ -236,25 +273,60 @@ class Pipeline:
             parity["target_encoder"] = max_rel(self._chunked("target_encoder", one["target_encoder"])["z"],
                                                 val["encoded"])
         nll, nll_ref = float(nll_per_dim(v, logdet).mean()), float(nll_per_dim(val["v"], val["logdet"]).mean())
+        sizes = tuple(n for n in (8, 64) if n <= self.max_batch) or (self.max_batch,)   # a TensorRT profile's limit
+        dependence = batch_dependence(lambda f: self.backend.run("flow_inverse", f)["v"], {"z": z, "cond": cond},
+                                      sizes=sizes)
         report.update(parity_max_rel=parity, roundtrip_rel=l2_rel(self.flow_forward(v, cond), z),
-                      nll_nats_per_dim=nll, nll_pytorch=nll_ref)
+                      nll_nats_per_dim=nll, nll_pytorch=nll_ref, nll_drift_nats_per_dim=nll - nll_ref,
+                      v_batch_dependence_max_abs=dependence,
+                      fused_parity_max_rel=self._fused_parity({"cond": cond, **val}))
         latency = {role: _median_ms(lambda r=role, f=feeds: self.backend.run(r, {k: x[:1] for k, x in f.items()}),
                                     repeats) for role, feeds in one.items()}
         source = {"text": lambda: texts[:1], "vector": lambda: cond[:1],
                   "image": lambda: images_from_model(val["source_images"][:1])}[self.source_kind]()
         latency["translate_end_to_end"] = _median_ms(lambda: self.translate(source, seed=0), repeats)
+        if "translate" in self.stages:            # the same call chained, for comparison
+            latency["translate_chained_end_to_end"] = _median_ms(
+                lambda: self._translate(source, 1, 0, 1.0, fused=False), repeats)
         report["latency_batch1_ms"] = latency
         fails = [f"{role} parity {err:.2e}" for role, err in parity.items()
                  if CHECK_TOLERANCES[self.precisions[role]][0] is not None
                  and err > CHECK_TOLERANCES[self.precisions[role]][0]]
         flow_tol = CHECK_TOLERANCES[self.precisions["flow_inverse"]]
         fails += [f"round trip {report['roundtrip_rel']:.2e}"] if report["roundtrip_rel"] > flow_tol[1] else []
-        fails += [f"NLL drift {nll - nll_ref:+.4f}"] if abs(nll - nll_ref) > flow_tol[2] else []
+        fails += [f"NLL drift {nll - nll_ref:+.4f} nats/dim"] if abs(nll - nll_ref) > flow_tol[2] else []
+        fails += [f"batch dependence {dependence:.1e}"] if flow_tol[3] is not None and dependence > flow_tol[3] else []
+        fails += [f"fused {role} vs chained {err:.2e}" for role, err in report["fused_parity_max_rel"].items()
+                  if err > FUSED_TOLERANCES[self.precisions[role]]]
         fails += ["tokenizer ids differ from export"] if report.get("tokenizer_match") is False else []
         report.update(ok=not fails, failures=fails)
         return report
 
     # ---- internals -------------------------------------------------------------------------------
+    def _fused_parity(self, val: dict[str, np.ndarray]) -> dict[str, float]:
+        """max rel error of each fused graph in use against the same chain of this pipeline's stages."""
+        report = {}
+        for role in FUSED_ROLES:
+            feeds = fused_feeds(role, self.source_kind, val) if role in self.stages else None
+            if feeds is None:
+                continue
+            got = self._chunked(role, feeds)
+            if role == "transfer":
+                zt = self._chunked("target_encoder", {"image": feeds["target_image"]})["z"]
+                v, cond = self._chunked("flow_inverse", {"z": zt, "cond": feeds["cond"]})["v"], feeds["new_cond"]
+            else:
+                v, src = feeds["v"], {("image" if k == "source_image" else k): x for k, x in feeds.items() if k != "v"}
+                cond = src["cond"] if "cond" in src else self._chunked("source_encoder", src)["embedding"]
+            ref = self._chunked("flow_forward", {"v": v, "cond": cond})
+            ref = self._chunked("target_decoder", ref) if self.has_decoder else ref
+            report[role] = max_rel(next(iter(got.values())), next(iter(ref.values())))
+        return report
+
+    @staticmethod
+    def _output(out: dict[str, np.ndarray]) -> np.ndarray:
+        """A fused graph's result as the chained calls return it: uint8 images, or latents."""
+        return images_from_model(out["image"]) if "image" in out else out["z"]
+
     def _generate(self, v: np.ndarray, cond: np.ndarray) -> np.ndarray:
         out = []
         for sl in self._chunks(len(v)):
@@ -289,7 +361,7 @@ class Pipeline:
             if not self.has_target_encoder:
                 raise PipelineError(f"this bundle ({self.manifest['task']}) has no target encoder (Θ), so it "
                                     f"cannot edit images; pass latents zΘ of shape (N, {self.latent_dim}) instead")
-            return _check_images(target, self.image_shape, "target"), None
+            return check_images(target, self.image_shape, "target"), None
         return None, as_float_batch(target, (self.latent_dim,), "target latents")
 
     def _load_tokenizer(self):
@@ -323,50 +395,3 @@ def _median_ms(fn, repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - t)
     return float(np.median(times) * 1e3)
-
-
-def _check_texts(source) -> list[str]:
-    if isinstance(source, str):
-        raise PipelineError("source must be a list of strings, got a single string; wrap it in a list")
-    if not isinstance(source, (list, tuple)):
-        raise PipelineError(f"this bundle translates text: pass a list of strings, got {type(source).__name__}")
-    if not source:
-        raise PipelineError("source is an empty list; pass at least one string")
-    for i, text in enumerate(source):
-        if not isinstance(text, str):
-            raise PipelineError(f"source[{i}] is a {type(text).__name__}, not a string")
-        if not text.strip():
-            raise PipelineError(f"source[{i}] is empty or whitespace; every text needs some words")
-    return list(source)
-
-
-def _check_images(x, hwc: tuple[int, int, int], what: str) -> np.ndarray:
-    h, w, c = hwc
-    if not isinstance(x, np.ndarray) or x.dtype != np.uint8:
-        got = x.dtype if isinstance(x, np.ndarray) else type(x).__name__
-        raise PipelineError(f"{what} must be a uint8 array (N, {h}, {w}, {c}), got {got}")
-    if x.ndim != 4 or x.shape[0] == 0:
-        raise PipelineError(f"{what} must have shape (N, {h}, {w}, {c}) with N >= 1, got {x.shape}")
-    if x.shape[3] != c:
-        raise PipelineError(f"{what} must have {c} channels, got {x.shape[3]} (shape {x.shape})")
-    if x.shape[1:3] != (h, w):
-        raise PipelineError(f"{what} must be {h}x{w} pixels, got {x.shape[1]}x{x.shape[2]}; resize them first")
-    return x
-
-
-def _check_count(n) -> int:
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
-        raise PipelineError(f"num_samples must be an integer >= 1, got {n!r}")
-    return int(n)
-
-
-def _check_temperature(t) -> float:
-    if isinstance(t, bool) or not isinstance(t, numbers.Real) or not np.isfinite(t) or t <= 0:
-        raise PipelineError(f"temperature must be a finite number > 0, got {t!r}")
-    return float(t)
-
-
-def _rng(seed) -> np.random.Generator:
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0):
-        raise PipelineError(f"seed must be None or an integer >= 0, got {seed!r}")
-    return np.random.default_rng(seed)

@@ -11,7 +11,7 @@ stamp=".venv/.installed-$(cat pyproject.toml | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
     echo "setup: installing the project and its dependencies into .venv (first time: a few minutes, torch is large)"
     .venv/bin/python -m pip install -q --upgrade pip
-    .venv/bin/python -m pip install -q -e ".[dev]"
+    .venv/bin/python -m pip install -q -e ".[train,serve,app,dev]"
     rm -f .venv/.installed-*
     touch "$stamp"
 fi

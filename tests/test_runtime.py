@@ -245,13 +245,23 @@ def test_runtime_runs_with_torch_unimportable(bundles):
 
 def test_runtime_imports_only_allowed_modules():
     allowed = {"numpy", "onnxruntime", "tokenizers", "PIL", "tensorrt", "pycuda", "cuda", "runtime"}
+    # serve.py imports PyTriton (the [serve] extra) inside serve() only; the test below keeps it out of `import`
+    also = {"serve.py": {"pytriton"}}
     for path in Path(runtime.__file__).parent.glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
                 [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
             for name in names:
                 top = name.split(".")[0]
-                assert top in allowed or top in sys.stdlib_module_names, f"{path.name} imports {name}"
+                assert top in allowed | also.get(path.name, set()) or top in sys.stdlib_module_names, \
+                    f"{path.name} imports {name}"
+
+
+def test_importing_the_runtime_and_its_cli_loads_no_serving_stack():
+    code = ("import sys, runtime, runtime.serve, runtime.__main__\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'pytriton', 'tritonclient', 'torch'}))")
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and p.stdout.strip() == "[]", p.stderr
 
 
 # ---- CLI ------------------------------------------------------------------------------------------------
@@ -309,3 +319,76 @@ def test_cli_subprocess(bundles, tmp_path):
     p = subprocess.run([sys.executable, "-m", "runtime", "translate", str(b), "--source-json", "[[0, 0, 0, 0]]"],
                        cwd=ROOT, capture_output=True, text=True)
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "validation/cond.npy' is missing" in p.stderr
+
+
+# ---- fused graphs (one graph per chain) --------------------------------------------------------------------
+
+def _roles_run(p: Pipeline) -> list[str]:
+    """Record which stages a pipeline's backend runs."""
+    seen, run = [], p.backend.run
+    p.backend.run = lambda role, feeds, host=True: (seen.append(role), run(role, feeds, host))[1]
+    return seen
+
+
+@pytest.mark.parametrize("name", ["text2image", "attributes"])
+def test_fused_graphs_are_used_and_match_the_chained_stages(bundles, name):
+    b = bundles.get(name)
+    fused, chained = Pipeline.load(b), Pipeline.load(b, fused=False)
+    assert {"translate", "transfer"} <= set(fused.stages) and not {"translate", "transfer"} & set(chained.stages)
+    eye = np.eye(len(ATTRIBUTES), dtype=np.float32)
+    source = ["a red square", "two blue circles"] if name == "text2image" else eye[[0, 2]]
+    new = ["a blue square", "a red circle"] if name == "text2image" else eye[[1, 3]]
+    seen = _roles_run(fused)
+    images = fused.translate(source, seed=3)
+    assert seen == ["translate"]
+    ref = chained.translate(source, seed=3)
+    assert images.shape == ref.shape and np.abs(images.astype(int) - ref).max() <= 1
+    seen.clear()
+    edited = fused.transfer(images, source, new)
+    assert seen.count("transfer") == 1 and "flow_inverse" not in seen
+    assert np.abs(edited.astype(int) - chained.transfer(images, source, new)).max() <= 1
+    seen.clear()
+    fused.translate(source, num_samples=2, seed=3)        # several samples: Φ once per source, chained
+    assert "translate" not in seen and "flow_forward" in seen
+    report = fused.check(repeats=1)
+    assert report["ok"], report["failures"]
+    assert set(report["fused_parity_max_rel"]) == {"translate", "transfer"}
+    assert max(report["fused_parity_max_rel"].values()) <= 1e-4 and report["v_batch_dependence_max_abs"] <= 1e-5
+    assert "translate_chained_end_to_end" in report["latency_batch1_ms"]
+    assert chained.check(repeats=1)["fused_parity_max_rel"] == {}
+
+
+def test_chained_stages_when_the_bundle_has_no_fused_graph_at_that_precision(bundles, tmp_path):
+    from export.bundle import add_fp16_stages, write_manifest
+    from runtime.manifest import read_manifest, select_stages
+    b = copy_bundle(bundles.get("attributes"), tmp_path / "b")
+    add_fp16_stages(b)
+    m = read_manifest(b)
+    assert "translate.fp16" not in m["stages"] and "translate" not in select_stages(m, "fp16")
+    assert set(Pipeline.load(b, precision="fp16").precisions.values()) == {"fp16"}
+    for name in ("translate", "transfer"):
+        (b / m["stages"].pop(name)["file"]).unlink()
+    write_manifest(b, m)
+    p = Pipeline.load(b)
+    assert not {"translate", "transfer"} & set(p.stages)
+    seen = _roles_run(p)
+    cond = np.eye(len(ATTRIBUTES), dtype=np.float32)[[0]]
+    assert np.array_equal(p.translate(cond, seed=1), Pipeline.load(bundles.get("attributes")).translate(cond, seed=1))
+    assert seen == ["flow_forward", "target_decoder"]
+
+
+def test_int8_bundle_has_int8_fused_graphs_and_passes_check(bundles, tmp_path):
+    from export.onnx import export_bundle, model_samples
+    from train.tasks import Experts
+    _, flow, ae = bundles.standins("attributes")
+    cond, z = (t.numpy() for t in model_samples(flow, 64))
+    m = export_bundle(flow, Experts(target_encoder=ae, target_decoder=ae), tmp_path / "b", task="attributes",
+                      cond=cond, z=z, origin="test", source={"run": None}, int8=True)
+    assert {"translate.int8", "transfer.int8"} <= set(m["stages"])
+    assert m["stages"]["translate.int8"]["fused_from"] == ["flow_forward.int8", "target_decoder"]
+    p = Pipeline.load(tmp_path / "b", precision="int8")
+    assert p.precisions["translate"] == "int8" and p.precisions["flow_forward"] == "int8"
+    report = p.check(repeats=1)
+    assert report["ok"], report["failures"]
+    assert abs(report["nll_drift_nats_per_dim"]) <= 0.003 and report["v_batch_dependence_max_abs"] <= 1e-5
+    assert report["roundtrip_rel"] <= 1e-4

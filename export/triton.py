@@ -1,0 +1,224 @@
+"""A bundle -> a Triton Inference Server model repository, for GPU servers running NVIDIA's Triton container.
+
+    python -m export.triton --bundle engines/text2image --out model_repository/ [--precision fp32|fp16|int8]
+        [--backend onnxruntime|tensorrt] [--max-batch 64] [--max-queue-delay-us 2000] [--instances 1] [--kind gpu|cpu]
+    docker run --gpus all --rm -p 8000:8000 -p 8001:8001 -p 8002:8002 -v $PWD/model_repository:/models \\
+        nvcr.io/nvidia/tritonserver:<yy.mm>-py3 tritonserver --model-repository=/models
+
+Writes, for a bundle named TASK:
+    TASK_<role>/        one model per stage (source_encoder, flow_forward, flow_inverse, target_encoder,
+                        target_decoder): platform onnxruntime_onnx (1/model.onnx) or tensorrt_plan (1/model.plan),
+                        the file copied and its SHA-256 checked against the manifest, max_batch_size,
+                        dynamic_batching and instance_group
+    TASK/               ensemble: source encoder -> flow_forward -> target decoder. The residual `v` is an input:
+                        sampling stays with the client (v = default_rng(seed).standard_normal((N, D), float32) *
+                        temperature, as runtime.Pipeline draws it), so a seed reproduces the same sample on any
+                        server and any batch; tokenizer.json and client.json (inputs, recipes) sit beside it
+    TASK_edit/          ensemble (bundles with a target encoder): target encoder -> flow_inverse (source) ->
+                        flow_forward (new source) -> target decoder, i.e. Pipeline.transfer
+
+Tensors are the graphs' own: images float32 NCHW in [-1, 1] (x / 127.5 - 1 in, clip(rint((y + 1) * 127.5)) out),
+texts as token ids from the bundle's tokenizer. Validated structurally (each config.pbtxt parses as Triton's
+ModelConfig, tensors match the graphs), not served: this project's machines have no GPU Triton. Imports no torch.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+from runtime.manifest import PipelineError, read_manifest, select_stages, sha256_file, verify_files
+
+TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64", "int32": "TYPE_INT32",
+                "uint8": "TYPE_UINT8", "int8": "TYPE_INT8", "bool": "TYPE_BOOL"}
+PLATFORMS = {"onnxruntime": ("onnxruntime_onnx", "model.onnx"), "tensorrt": ("tensorrt_plan", "model.plan")}
+
+
+class Enum(str):
+    """A protobuf enum value: written unquoted."""
+
+
+def to_pbtxt(message: dict, indent: int = 0) -> str:
+    """Protobuf text format for a dict: nested dicts are messages, lists of dicts repeated fields."""
+    pad, lines = "  " * indent, []
+    for key, value in message.items():
+        for item in value if isinstance(value, list) and value and isinstance(value[0], dict) else [value]:
+            if isinstance(item, dict):
+                lines += [f"{pad}{key} {{", to_pbtxt(item, indent + 1), f"{pad}}}"]
+            elif isinstance(item, list):
+                lines.append(f"{pad}{key}: [{' ' + ', '.join(str(x) for x in item) + ' ' if item else ''}]")
+            else:
+                lines.append(f"{pad}{key}: {_scalar(item)}")
+    return "\n".join(line for line in lines if line)
+
+
+def _scalar(x) -> str:
+    if isinstance(x, Enum):
+        return str(x)
+    if isinstance(x, bool):
+        return "true" if x else "false"
+    return json.dumps(x) if isinstance(x, str) else str(x)
+
+
+def _tensor(spec: dict, name: str | None = None) -> dict:
+    """A manifest tensor spec -> Triton's (batch axis dropped: max_batch_size > 0 adds it; `seq` -> -1)."""
+    if spec["dtype"] not in TRITON_TYPES:
+        raise PipelineError(f"tensor '{spec['name']}' has dtype {spec['dtype']}, which this exporter cannot map")
+    dims = [-1 if d == "seq" else int(d) for d in spec["shape"][1:]]
+    return {"name": name or spec["name"], "data_type": Enum(TRITON_TYPES[spec["dtype"]]), "dims": dims or [1],
+            **({"reshape": {"shape": []}} if not dims else {})}
+
+
+def stage_config(name: str, stage: dict, platform: str, max_batch: int, delay_us: int, instances: int,
+                 kind: str) -> dict:
+    return {"name": name, "platform": platform, "max_batch_size": max_batch,
+            "input": [_tensor(t) for t in stage["inputs"]], "output": [_tensor(t) for t in stage["outputs"]],
+            "dynamic_batching": {"max_queue_delay_microseconds": delay_us},
+            "instance_group": [{"count": instances, "kind": Enum(f"KIND_{kind.upper()}")}]}
+
+
+def _source_feeds(manifest: dict, stages: dict, prefix: str = "") -> tuple[list[dict], list[dict], str]:
+    """(ensemble inputs, steps, name of the zΦ tensor) for the source side; prefix "new_" for edits."""
+    if manifest["source_kind"] == "vector":
+        spec = {"name": f"{prefix}cond", "shape": ["batch", *manifest["cond_shape"]], "dtype": "float32"}
+        return [_tensor(spec)], [], f"{prefix}cond"
+    enc = manifest["stages"][stages["source_encoder"]]
+    inputs = [_tensor(t, f"{prefix}{t['name']}" if t["name"] != "image" else f"{prefix}source_image")
+              for t in enc["inputs"]]
+    step = {"model_name": f"{manifest['task']}_source_encoder", "model_version": -1,
+            "input_map": [{"key": t["name"], "value": i["name"]} for t, i in zip(enc["inputs"], inputs)],
+            "output_map": [{"key": "embedding", "value": f"{prefix}cond"}]}
+    return inputs, [step], f"{prefix}cond"
+
+
+def _step(task: str, role: str, inputs: dict[str, str], outputs: dict[str, str]) -> dict:
+    return {"model_name": f"{task}_{role}", "model_version": -1,
+            "input_map": [{"key": k, "value": v} for k, v in inputs.items()],
+            "output_map": [{"key": k, "value": v} for k, v in outputs.items()]}
+
+
+def ensemble_configs(manifest: dict, stages: dict, max_batch: int) -> dict[str, dict]:
+    """TASK (sampling) and, with a target encoder, TASK_edit (transfer)."""
+    task, spec = manifest["task"], lambda role, io, i: manifest["stages"][stages[role]][io][i]
+    decoder = "target_decoder" in stages
+    out = _tensor(spec("target_decoder", "outputs", 0)) if decoder else _tensor(spec("flow_forward", "outputs", 0))
+    source_inputs, steps, cond = _source_feeds(manifest, stages)
+    steps.append(_step(task, "flow_forward", {"v": "v", "cond": cond}, {"z": "z" if decoder else out["name"]}))
+    if decoder:
+        steps.append(_step(task, "target_decoder", {"z": "z"}, {"image": "image"}))
+    configs = {task: {"name": task, "platform": "ensemble", "max_batch_size": max_batch,
+                      "input": [*source_inputs, _tensor(spec("flow_forward", "inputs", 0))], "output": [out],
+                      "ensemble_scheduling": {"step": steps}}}
+    if "target_encoder" in stages and decoder:
+        new_inputs, new_steps, new_cond = _source_feeds(manifest, stages, "new_")
+        steps = _source_feeds(manifest, stages)[1] + new_steps + [
+            _step(task, "target_encoder", {"image": "image"}, {"z": "z"}),
+            _step(task, "flow_inverse", {"z": "z", "cond": cond}, {"v": "v"}),     # logdet: not needed
+            _step(task, "flow_forward", {"v": "v", "cond": new_cond}, {"z": "new_z"}),
+            _step(task, "target_decoder", {"z": "new_z"}, {"image": "edited_image"})]
+        image = _tensor(spec("target_encoder", "inputs", 0))
+        configs[f"{task}_edit"] = {"name": f"{task}_edit", "platform": "ensemble", "max_batch_size": max_batch,
+                                   "input": [image, *source_inputs, *new_inputs],
+                                   "output": [{**out, "name": "edited_image"}],
+                                   "ensemble_scheduling": {"step": steps}}
+    return configs
+
+
+def client_info(manifest: dict, configs: dict[str, dict]) -> dict:
+    info = {"task": manifest["task"], "source_kind": manifest["source_kind"], "latent_dim": manifest["latent_dim"],
+            "sampling": "v = numpy.random.default_rng(seed).standard_normal((N, latent_dim), dtype=float32) * "
+                        "temperature; row i of one call with seed s equals runtime.Pipeline.translate(..., seed=s)",
+            "models": {name: {"inputs": {t["name"]: [str(t["data_type"]), t["dims"]] for t in c["input"]},
+                              "outputs": {t["name"]: [str(t["data_type"]), t["dims"]] for t in c["output"]}}
+                       for name, c in configs.items() if c["platform"] == "ensemble"}}
+    if "image" in manifest:
+        info["image"] = {**manifest["image"], "to_model": "x / 127.5 - 1 (uint8 NHWC -> NCHW)",
+                         "from_model": "clip(rint((y + 1) * 127.5), 0, 255) (NCHW -> uint8 NHWC)"}
+    if "tokenizer" in manifest:
+        info["tokenizer"] = {"file": "tokenizer.json", "max_tokens": manifest["tokenizer"]["max_tokens"],
+                             "pad_id": manifest["tokenizer"].get("pad_id", 0)}
+    return info
+
+
+def write_repository(bundle: str | Path, out: str | Path, precision: str = "fp32", backend: str = "onnxruntime",
+                     max_batch: int = 64, delay_us: int = 2000, instances: int = 1, kind: str = "gpu") -> list[str]:
+    """Write TASK's models into the repository `out` (other models there are left alone); returns their names."""
+    bundle, out = Path(bundle), Path(out)
+    manifest = read_manifest(bundle)
+    verify_files(bundle, manifest)
+    stages = select_stages(manifest, precision)
+    if backend not in PLATFORMS:
+        raise PipelineError(f"unknown backend '{backend}'; choose onnxruntime or tensorrt")
+    if backend == "tensorrt":
+        if kind != "gpu":
+            raise PipelineError("TensorRT plans run on GPU instances only; use --kind gpu")
+        plans = manifest.get("tensorrt", {}).get("plans", {})
+        missing = [name for name in stages.values() if name not in plans]
+        if missing:
+            raise PipelineError(f"bundle has no TensorRT plans for {missing}; build them on the target GPU with "
+                                f"`python -m export.trt --bundle {bundle} --precision {precision}`")
+        max_batch = min([max_batch] + [plans[name]["max_batch"] for name in stages.values()])
+    if max_batch < 1 or instances < 1 or delay_us < 0:
+        raise PipelineError("max_batch and instances must be >= 1, max_queue_delay_us >= 0")
+    platform, model_file = PLATFORMS[backend]
+    task = manifest["task"]
+    configs = {}
+    for role, name in sorted(stages.items()):
+        st = manifest["stages"][name]
+        src, digest = (st["file"], st["sha256"]) if backend == "onnxruntime" else \
+            (manifest["tensorrt"]["plans"][name]["file"], manifest["tensorrt"]["plans"][name]["sha256"])
+        model = f"{task}_{role}"
+        (out / model / "1").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(bundle / src, out / model / "1" / model_file)
+        if sha256_file(out / model / "1" / model_file) != digest:
+            raise PipelineError(f"copy of {src} to {out / model} fails its SHA-256 check; disk full or changing?")
+        configs[model] = stage_config(model, st, platform, max_batch, delay_us, instances, kind)
+    configs.update(ensemble_configs(manifest, stages, max_batch))
+    for model, config in configs.items():
+        (out / model / "1").mkdir(parents=True, exist_ok=True)       # ensembles need an (empty) version folder
+        (out / model / "config.pbtxt").write_text(to_pbtxt(config) + "\n")
+    (out / task / "client.json").write_text(json.dumps(client_info(manifest, configs), indent=2) + "\n")
+    if "tokenizer" in manifest:
+        shutil.copyfile(bundle / "tokenizer" / "tokenizer.json", out / task / "tokenizer.json")
+    return list(configs)
+
+
+def parse_configs(out: str | Path, models: list[str]) -> dict:
+    """Each model's config.pbtxt parsed as Triton's ModelConfig (needs tritonclient[grpc]: the [serve] extra)."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+    return {m: text_format.Parse((Path(out) / m / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+            for m in models}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m export.triton", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bundle", required=True, help="bundle folder (engines/TASK)")
+    ap.add_argument("--out", required=True, help="model repository folder (created; other models kept)")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])
+    ap.add_argument("--backend", default="onnxruntime", choices=list(PLATFORMS))
+    ap.add_argument("--max-batch", type=int, default=64)
+    ap.add_argument("--max-queue-delay-us", type=int, default=2000)
+    ap.add_argument("--instances", type=int, default=1, help="instances per stage model")
+    ap.add_argument("--kind", default="gpu", choices=["gpu", "cpu"], help="instance kind")
+    args = ap.parse_args(argv)
+    try:
+        models = write_repository(args.bundle, args.out, args.precision, args.backend, args.max_batch,
+                                  args.max_queue_delay_us, args.instances, args.kind)
+    except (PipelineError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        parse_configs(args.out, models)
+        checked = "each config.pbtxt parses as Triton's ModelConfig"
+    except ImportError:
+        checked = "configs not parsed (install tritonclient[grpc] to check them)"
+    print(f"wrote {len(models)} models to {args.out}: {', '.join(models)}; {checked}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
