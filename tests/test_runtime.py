@@ -379,7 +379,7 @@ def test_chained_stages_when_the_bundle_has_no_fused_graph_at_that_precision(bun
 
 def test_int8_bundle_has_int8_fused_graphs_and_passes_check(bundles, tmp_path):
     from export.onnx import export_bundle, model_samples
-    from train.tasks import Experts
+    from train.experts.base import Experts
     _, flow, ae = bundles.standins("attributes")
     cond, z = (t.numpy() for t in model_samples(flow, 64))
     m = export_bundle(flow, Experts(target_encoder=ae, target_decoder=ae), tmp_path / "b", task="attributes",
