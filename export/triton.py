@@ -29,7 +29,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from runtime.manifest import PipelineError, read_manifest, select_stages, sha256_file, verify_files
+from runtime.manifest import FUSED_ROLES, PipelineError, read_manifest, select_stages, sha256_file, verify_files
 
 TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64", "int32": "TYPE_INT32",
                 "uint8": "TYPE_UINT8", "int8": "TYPE_INT8", "bool": "TYPE_BOOL"}
@@ -148,7 +148,8 @@ def write_repository(bundle: str | Path, out: str | Path, precision: str = "fp32
     bundle, out = Path(bundle), Path(out)
     manifest = read_manifest(bundle)
     verify_files(bundle, manifest)
-    stages = select_stages(manifest, precision)
+    # the ensembles chain the stage models server-side; the bundle's fused graphs would repeat their weights
+    stages = {r: n for r, n in select_stages(manifest, precision).items() if r not in FUSED_ROLES}
     if backend not in PLATFORMS:
         raise PipelineError(f"unknown backend '{backend}'; choose onnxruntime or tensorrt")
     if backend == "tensorrt":
