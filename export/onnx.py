@@ -58,7 +58,7 @@ from runtime.manifest import (
     stage_io,
     stage_name,
 )
-from train.core.common import UserError, run_cli
+from train.core.common import ArgParser, UserError, run_cli
 from train.core.flow import ConditionalINN
 from train.core.translator import load_translator
 from train.data.features import load_pairs
@@ -232,8 +232,8 @@ def validation_pairs(task, config: dict, model: ConditionalINN, args) -> tuple[n
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m export.onnx", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgParser(prog="python -m export.onnx", description=__doc__,
+                   formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--task", required=True,
                     help=f"{' | '.join(BUILTIN)} | FILE.py:NAME | package.module:NAME "
                          f"(your own task: docs/custom-experts.md)")
@@ -259,7 +259,9 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"{run} is a run of task '{config['task']}', not '{task.name}'")
     experts = task.experts(config) if task.experts is not None else Experts()
     cond, z, origin = validation_pairs(task, config, model, args)
-    source = {"run": str(run), "checkpoint_sha256": sha256_file(run / "checkpoint.safetensors"), "task_config": config}
+    # the run's name, not its path on this machine: bundles are shipped; the SHA-256 identifies the weights
+    source = {"run": "/".join(run.resolve().parts[-2:]), "task_config": config,
+              "checkpoint_sha256": sha256_file(run / "checkpoint.safetensors")}
     int8 = args.precision == "int8"
     c_cal, z_cal, cal_origin = calibration_pairs(task, config, model, args.calibration_pairs) if int8 else (0, 0, "")
     m = export_bundle(model, experts, out, task=task.name, cond=cond, z=z, origin=origin, source=source,

@@ -11,15 +11,15 @@ from __future__ import annotations
 import argparse
 
 from train.cli import add_option_flags, options_from, peek, resolve_task, task_epilog
-from train.core.common import run_cli
+from train.core.common import ArgParser, run_cli
 from train.core.presets import TrainOverrides
 from train.tasks.registry import BUILTIN
 from train.tasks.run import TrainRequest, train_task
 
 
 def build_parser(task=None) -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m train.cinn", description=__doc__, epilog=task_epilog(),
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgParser(prog="python -m train.cinn", description=__doc__, epilog=task_epilog(),
+                   formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--task", required=True, help=f"{' | '.join(BUILTIN)} | FILE.py:NAME | package.module:NAME")
     ap.add_argument("--model", default="cinn", choices=["cinn", "mlp"],
                     help="cinn (default) or the deterministic MLP baseline of Sec. E")

@@ -7,19 +7,24 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
 import json
 from pathlib import Path
 
 from train.cli import add_option_flags, options_from, peek, task_epilog
-from train.core.common import UserError, read_json, run_cli
+from train.core.common import ArgParser, UserError, json_stdout, read_json, run_cli
 from train.eval.ae import evaluate_ae
 from train.tasks.contract import EvalRequest
 from train.tasks.registry import task_of_run
 
+# evaluations of runs that are not translation tasks: name -> "module:function(args) -> dict"
+EVALUATORS = {"ae": "train.evaluate:evaluate_autoencoder"}
+
 
 def build_parser(task=None) -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m train.evaluate", description=__doc__, epilog=task_epilog(),
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgParser(prog="python -m train.evaluate", description=__doc__, epilog=task_epilog(),
+                   formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--task", help="ae, or the run's task (default: the one its config.json records)")
     ap.add_argument("--run", required=True, help="run folder")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
@@ -32,32 +37,34 @@ def build_parser(task=None) -> argparse.ArgumentParser:
     return ap
 
 
-def evaluate(argv: list[str] | None = None) -> tuple[dict, bool]:
-    """Parse the command line and run the evaluation; returns the result and whether --json was asked for."""
-    first = peek(argv, "--task", "--run")
-    if first["run"] is None:
-        build_parser().parse_args(argv)          # the usual usage error (or --help)
-    run = Path(first["run"])
-    if not run.is_dir():
-        raise UserError(f"run folder not found: {run}")
-    if first["task"] == "ae":
-        args = build_parser().parse_args(argv)
-        return evaluate_ae(run, num_images=args.num_images, oracle_dir=args.oracle), args.json
-    config = read_json(run / "config.json")
-    task = task_of_run(config, first["task"])
-    if config.get("task", task.name) != task.name:
-        raise UserError(f"{run} is a run of task '{config['task']}', not '{task.name}'")
-    if task.evaluate is None:
-        raise UserError(f"task '{task.name}' defines no evaluation")
-    args = build_parser(task).parse_args(argv)
-    request = EvalRequest(run, config, args.num_images, args.seed, args.oracle, args.captions,
-                          options_from(args, task.eval_options))
-    return task.evaluate(request), args.json
+def evaluate_autoencoder(args) -> dict:
+    return evaluate_ae(args.run, num_images=args.num_images, oracle_dir=args.oracle)
 
 
 def main(argv=None):
-    result, as_json = evaluate(argv)
-    if as_json:
+    first = peek(argv, "--task", "--run")
+    if first["run"] is not None and not Path(first["run"]).is_dir():
+        raise UserError(f"run folder not found: {first['run']}")
+    task, config = None, None
+    if first["task"] not in EVALUATORS and first["run"] is not None:
+        config = read_json(Path(first["run"]) / "config.json")
+        task = task_of_run(config, first["task"])
+        if config.get("task", task.name) != task.name:
+            raise UserError(f"{first['run']} is a run of task '{config['task']}', not '{task.name}'")
+        if task.evaluate is None:
+            raise UserError(f"task '{task.name}' defines no evaluation")
+    args = build_parser(task).parse_args(argv)
+    # with --json, whatever an evaluation prints first (e.g. training the unpaired task's domain classifier)
+    # goes to stderr: stdout is the one JSON object scripts store as eval.json
+    with json_stdout() if args.json else contextlib.nullcontext():
+        if task is None:
+            module, func = EVALUATORS[args.task].split(":")
+            result = getattr(importlib.import_module(module), func)(args)
+        else:
+            request = EvalRequest(Path(args.run), config, args.num_images, args.seed, args.oracle, args.captions,
+                                  options_from(args, task.eval_options))
+            result = task.evaluate(request)
+    if args.json:
         print(json.dumps(result, indent=2, sort_keys=True))
     else:
         for key, value in result.items():

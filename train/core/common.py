@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from train.core.errors import UserError, run_cli  # noqa: F401  (re-exported: most modules import them from here)
+from train.core.errors import ArgParser, UserError, json_stdout, run_cli  # noqa: F401  (re-exported)
 
 
 def progress_interval() -> float:
@@ -39,17 +39,28 @@ os.umask(_UMASK)
 
 
 def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Write through a temp file in the same folder, then rename: a crash never leaves half a file."""
+    """Write through a temp file in the same folder, then rename: a crash never leaves half a file
+    (a kill -9 can leave the temp file itself; `clean_stale_temps` removes those on the next start)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)          # mkstemp makes 0600; give the file the usual permissions
     try:
         write(tmp)
+        # after writing: mkstemp makes 0600, and safetensors recreates the file (0600 again)
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def clean_stale_temps(folder: str | Path) -> list[Path]:
+    """Remove the atomic writer's leftovers (`.NAME.*.tmp`) from a run folder, e.g. after a kill -9.
+    Call only where no other process writes into `folder`."""
+    stale = [p for p in Path(folder).glob(".*.tmp") if p.is_file() and not p.is_symlink()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def atomic_write_json(path: str | Path, obj) -> None:

@@ -6,6 +6,7 @@ subnetwork width "8d" (8·D, Tab. S3a); `train_config` applies the command line'
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 
 from train.core.common import UserError
@@ -76,12 +77,12 @@ def train_config(preset: Preset, seed: int, overrides: TrainOverrides) -> TrainC
     for name in ("steps", "batch_size", "lr"):
         value = getattr(overrides, name)
         if value is not None:
-            if value <= 0:
-                raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}")
+            if not math.isfinite(value) or value <= 0:        # NaN passes a plain `<= 0`
+                raise UserError(f"--{name.replace('_', '-')} must be positive and finite, got {value}")
             setattr(cfg, name, value)
     if overrides.target_noise is not None:
-        if overrides.target_noise < 0:
-            raise UserError(f"--target-noise must be >= 0, got {overrides.target_noise}")
+        if not math.isfinite(overrides.target_noise) or overrides.target_noise < 0:
+            raise UserError(f"--target-noise must be >= 0 and finite, got {overrides.target_noise}")
         cfg.target_noise = overrides.target_noise
     cfg.warmup = min(cfg.warmup, max(1, cfg.steps // 10))
     return cfg

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,7 +21,15 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from train.core.common import MetricsLog, UserError, atomic_write_json, load_run_weights, lr_at, read_json
+from train.core.common import (
+    MetricsLog,
+    UserError,
+    atomic_write_json,
+    clean_stale_temps,
+    load_run_weights,
+    lr_at,
+    read_json,
+)
 from train.core.flow import ConditionalINN, FlowConfig
 from train.core.loop import CHECKPOINT, Checkpointed, run_steps
 from train.core.loop import resume as resume_checkpoint
@@ -114,6 +123,11 @@ def train(kind: str, model_cfg: dict, cfg: TrainConfig, source: PairSource, out_
     ckpt = out / CHECKPOINT
     resume_run = resume
     config = {"kind": kind, "model": model_cfg, "train": asdict(cfg), **(run_info or {})}
+    if is_main and out.is_dir():
+        stale = clean_stale_temps(out)              # a killed run's half-written checkpoint temp files
+        if stale:
+            print(f"note: removed {len(stale)} stale temp file(s) from {out}: {', '.join(p.name for p in stale)}",
+                  file=sys.stderr)
     if resume:
         old = read_json(out / "config.json")
         if old["model"] != json.loads(json.dumps(model_cfg)):

@@ -255,8 +255,8 @@ def train_autoencoder(spec: AESpec, out: str | Path, resume: bool = False) -> Au
     overrides = {"steps": spec.steps, "batch_size": spec.batch_size, "lr": spec.lr, "seed": spec.seed,
                  "edge_weight": spec.edge_weight}
     cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
-    if cfg.steps < 1 or cfg.batch_size < 1 or cfg.lr <= 0:
-        raise UserError("--steps, --batch-size and --lr must be positive")
+    if cfg.steps < 1 or cfg.batch_size < 1 or not cfg.lr > 0 or cfg.lr == float("inf"):     # NaN fails `> 0`
+        raise UserError("--steps, --batch-size and --lr must be positive (and --lr finite)")
     if spec.data != "folder" and spec.attr_csv:
         raise UserError("--attr-csv only applies to --data folder")
     if spec.data != "sprites" and spec.style != "flat":
