@@ -426,7 +426,9 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"{run} is a run of task '{config['task']}', not '{args.task}'")
     experts = task.experts(config) if task.experts is not None else Experts()
     cond, z, origin = validation_pairs(task, config, model, args)
-    source = {"run": str(run), "checkpoint_sha256": sha256_file(run / "checkpoint.safetensors"), "task_config": config}
+    # the run's name, not its path on this machine: bundles are shipped; the SHA-256 identifies the weights
+    source = {"run": "/".join(run.resolve().parts[-2:]), "task_config": config,
+              "checkpoint_sha256": sha256_file(run / "checkpoint.safetensors")}
     m = export_bundle(model, experts, out, task=args.task, cond=cond, z=z, origin=origin, source=source,
                       opset=args.opset, int8=args.precision == "int8")
     print(f"wrote {out}: stages {', '.join(sorted(m['stages']))}; {len(z)} validation pairs ({origin})")

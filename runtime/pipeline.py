@@ -27,7 +27,6 @@ everything that is refused.
 """
 from __future__ import annotations
 
-import json
 import numbers
 import threading
 import time
