@@ -21,9 +21,9 @@ from PIL import Image
 from test_export import ATTRIBUTES, ROOT, Bundles, copy_bundle
 
 from export.bundle import rehash
+from runtime import Pipeline, PipelineError
 from train import cinn
 from train.common import run_cli
-from runtime import Pipeline, PipelineError
 
 RUNTIME_MEMORY, TRAIN_MEMORY = 2 << 30, 6 << 30     # address space: the runtime CLI needs < 1 GiB, torch ~4 GiB
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
@@ -133,7 +133,8 @@ TAMPERED = {
                                     "['batch', 7]"),
     "inputs_are_strings": ("features", None, _set("stages.flow_forward.inputs", ["v", "cond"]),
                            "'stages.flow_forward.inputs[0]' must be an object"),
-    "no_validation_section": ("features", None, _set("validation", DELETE), "'validation' must be a dict (got missing)"),
+    "no_validation_section": ("features", None, _set("validation", DELETE),
+                              "'validation' must be a dict (got missing)"),
     "latent_dim_bool": ("features", None, _set("latent_dim", True), "'latent_dim' must be a int (got a bool)"),
     "negative_cond_shape": ("features", None, _set("cond_shape", [-4]), "must be a positive integer / [c]"),
     "stages_a_list": ("features", None, _set("stages", []), "'stages' must be a dict (got a list)"),
@@ -142,7 +143,8 @@ TAMPERED = {
                                                                    "dtype": "float32"}]), "needs a 'name' string"),
     "huge_shape": ("features", None, _set("stages.flow_forward.inputs", [
         {"name": "v", "shape": ["batch", 10 ** 12], "dtype": "float32"},
-        {"name": "cond", "shape": ["batch", 4], "dtype": "float32"}]), "tensor 'v' is float32 ['batch', 1000000000000]"),
+        {"name": "cond", "shape": ["batch", 4], "dtype": "float32"}]),
+        "tensor 'v' is float32 ['batch', 1000000000000]"),
     "path_traversal": ("features", None, _set("stages.flow_forward.file", "../features/flow_forward.onnx"),
                        "needs a relative 'file' inside the bundle"),
     "bad_sha256": ("features", None, _set("stages.flow_forward.sha256", "x" * 64), "needs a relative 'file'"),
@@ -165,7 +167,8 @@ TAMPERED_CHECK = {
                            "validation/texts.json is not readable JSON"),
     "texts_json_not_strings": ("text2image", {"validation/texts.json": b"[1, 2]"}, None,
                                "validation/texts.json must be a list of"),
-    "object_npy": ("features", {"validation/cond.npy": _object_npy}, None, "validation/cond.npy is not a plain numeric"),
+    "object_npy": ("features", {"validation/cond.npy": _object_npy}, None,
+                   "validation/cond.npy is not a plain numeric"),
     "zero_byte_npy": ("features", {"validation/v.npy": b""}, None, "validation/v.npy is not a plain numeric"),
     "target_wrong_width": ("features", {"validation/target.npy": lambda p: np.save(p, np.zeros((200, 9), np.float32))},
                            None, "validation/target.npy holds float32 (200, 9), but the manifest implies a numeric "
@@ -211,7 +214,8 @@ def test_manifest_file_attacks(bundles, tmp_path):
              "not_utf8": (lambda p: p.write_bytes(b"\xff\xfe{}"), "not valid JSON"),
              "deep": (lambda p: p.write_text("[" * 100_000 + "]" * 100_000), "not valid JSON"),
              "array": (lambda p: p.write_text("[]"), "must hold a JSON object"),
-             "version_string": (lambda p: p.write_text(json.dumps({**json.loads(p.read_text()), "schema_version": "1"})),
+             "version_string": (lambda p: p.write_text(json.dumps({**json.loads(p.read_text()),
+                                                                   "schema_version": "1"})),
                                 "no valid schema_version"),
              "link_outside": (lambda p: (shutil.copy(p, tmp_path / "m.json"), p.unlink(),
                                          p.symlink_to(tmp_path / "m.json")), "outside the bundle")}
@@ -250,13 +254,17 @@ API_CASES = [
     ("features", lambda p: p.translate(np.zeros((1, 4)), num_samples=2.5), "num_samples must be an integer >= 1"),
     ("features", lambda p: p.translate(np.zeros((1, 4)), temperature=float("inf")), "temperature"),
     ("features", lambda p: p.translate(np.zeros((1, 4)), seed="0"), "seed must be None or an integer"),
-    ("features", lambda p: p.flow_forward(None, np.zeros((1, 4))), "v must be an array of numbers of shape (N, 8), got None"),
-    ("features", lambda p: p.flow_inverse(np.zeros((1, 8)), None), "cond must be an array of numbers of shape (N, 4), got None"),
+    ("features", lambda p: p.flow_forward(None, np.zeros((1, 4))), "v must be an array of numbers of shape (N, 8), "
+                                                                    "got None"),
+    ("features", lambda p: p.flow_inverse(np.zeros((1, 8)), None), "cond must be an array of numbers of shape (N, 4), "
+                                                                    "got None"),
     ("features", lambda p: p.flow_forward(3.0, np.zeros((1, 4))), "got a single float64 value"),
     ("features", lambda p: p.flow_forward({"v": 1}, np.zeros((1, 4))), "got a dict"),
     ("features", lambda p: p.flow_forward([[1, 2], [3]], np.zeros((2, 4))), "not a rectangular array"),
-    ("features", lambda p: p.flow_forward(np.array([[object()] * 8]), np.zeros((1, 4))), "must be numeric, got dtype object"),
-    ("features", lambda p: p.flow_forward(np.zeros((1, 8, 1)), np.zeros((1, 4))), "v must have shape (N, 8), got (1, 8, 1)"),
+    ("features", lambda p: p.flow_forward(np.array([[object()] * 8]), np.zeros((1, 4))),
+     "must be numeric, got dtype object"),
+    ("features", lambda p: p.flow_forward(np.zeros((1, 8, 1)), np.zeros((1, 4))),
+     "v must have shape (N, 8), got (1, 8, 1)"),
     ("features", lambda p: p.flow_forward(np.zeros((0, 8)), np.zeros((0, 4))), "batch of zero"),
     ("features", lambda p: p.flow_forward(np.zeros((1, 8)), np.full((1, 4), 1e39)), "NaN/Inf"),     # inf as float32
     ("features", lambda p: p.translate(["a red square"]), "must be numeric, got dtype <U12"),      # wrong bundle kind
@@ -268,8 +276,8 @@ API_CASES = [
     ("text2image", lambda p: p.translate([b"bytes"]), "source[0] is a bytes, not a string"),
     ("text2image", lambda p: p.translate(np.zeros((1, 32))), "this bundle translates text"),         # wrong bundle kind
     ("text2image", lambda p: p.translate([None]), "source[0] is a NoneType"),
-    ("attributes", lambda p: p.residual(IMG.astype(np.float64), ONE), "target images must be a uint8 array (N, 16, 16, 3), "
-                                                                       "got dtype float64; convert"),
+    ("attributes", lambda p: p.residual(IMG.astype(np.float64), ONE),
+     "target images must be a uint8 array (N, 16, 16, 3), got dtype float64; convert"),
     ("attributes", lambda p: p.residual(np.zeros((1, 16, 16), np.uint8), ONE), "no channel axis (shape (1, 16, 16): "
                                                                                  "grayscale?)"),
     ("attributes", lambda p: p.encode_target(IMG[0]), "got one image (16, 16, 3); add a batch axis"),
@@ -332,7 +340,8 @@ RUNTIME_CLI = {
                  "is a RGBA image"),
     "not_an_image": (["edit", "{attributes}", "--image", "{attributes}/manifest.json", "--attributes-json", ATTRS,
                       "--out", "{tmp}/e.png"], "cannot identify image file"),
-    "unwritable_format": (["translate", "{text2image}", "a red square", "--out", "{tmp}/x.unknown"], "give a .png file"),
+    "unwritable_format": (["translate", "{text2image}", "a red square", "--out", "{tmp}/x.unknown"],
+                          "give a .png file"),
     "tampered_latent_dim": (["check", "{latent_dim_edited}"], "tensor 'v' is float32 ['batch', 6] but latent_dim"),
     "corrupt_onnx": (["translate", "{corrupt_onnx}", "--source-json", "[[0, 0, 0, 0]]"], "not a graph onnxruntime"),
     "no_validation_info": (["info", "{no_validation_section}"], "'validation' must be a dict"),
@@ -408,3 +417,77 @@ def test_train_cli_subprocess(features_files, tmp_path, name):
     extra, msg = TRAIN_CLI[name]
     argv = ["-m", "train.cinn", *_train_argv(features_files, tmp_path / "r", extra)]
     assert_one_line_error(run_limited(argv, memory=TRAIN_MEMORY, timeout=180), msg)
+
+
+def test_stale_temp_files_cleaned_and_checkpoint_mode_follows_umask(features_files, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".checkpoint.safetensors.k9x2.tmp").write_bytes(b"")          # what a kill -9 mid-save leaves
+    cinn.main(_train_argv(features_files, out, ["--steps", "2"]))
+    assert not list(out.glob(".*.tmp"))
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("checkpoint.safetensors", "config.json"):
+        assert (out / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
+
+
+# ---- --json: exactly one JSON object on stdout ------------------------------------------------------------
+
+def _one_json_object(stdout: bytes) -> dict:
+    text = stdout.decode()
+    obj, end = json.JSONDecoder().raw_decode(text.lstrip())
+    assert isinstance(obj, dict) and not text.lstrip()[end:].strip(), text[:2000]
+    return obj
+
+
+# every command with --json, and where it is tested (a new --json option must be added here)
+JSON_COMMANDS = {"runtime/__main__.py": "check, info: below", "train/evaluate.py": "below",
+                 "train/caption_words.py": "test_tasks_sprites (one JSON list of rows, as documented)"}
+
+
+def test_every_json_command_is_listed():
+    found = {str(p.relative_to(ROOT)) for folder in ("runtime", "train", "export", "bench", "scripts")
+             for p in (ROOT / folder).rglob("*.py") if 'add_argument("--json"' in p.read_text()}
+    assert found <= set(JSON_COMMANDS), f"--json commands without a stdout test: {found - set(JSON_COMMANDS)}"
+
+
+def test_runtime_and_evaluate_json_print_one_object(bundles, tampered):
+    b = str(bundles.get("text2image"))            # check warns (truncated validation text): on stderr
+    report = _one_json_object(run_limited(["-m", "runtime", "check", b, "--json", "--repeats", "1"]).stdout)
+    assert report["ok"] and report["tokenizer_match"]
+    assert _one_json_object(run_limited(["-m", "runtime", "info", b, "--json"]).stdout)["task"] == "text2image"
+    run = bundles.features_run()
+    p = run_limited(["-m", "train.evaluate", "--run", str(run), "--source", str(bundles.root / "c.npy"), "--target",
+                     str(bundles.root / "z.npy"), "--json"], memory=TRAIN_MEMORY, timeout=180)
+    assert p.returncode == 0 and _one_json_object(p.stdout)["num_samples"] == 2000
+
+
+def _noisy_evaluation(args) -> dict:
+    """Stands in for an evaluation that first trains something (unpaired: the domain classifier)."""
+    print("step  loss\n   1  0.693")
+    subprocess.run(["echo", "a child process writing to fd 1"], check=True)
+    return {"score": 1.0}
+
+
+def test_evaluate_json_keeps_stdout_for_the_object(monkeypatch, tmp_path, capfd):
+    from train import evaluate
+    monkeypatch.setitem(evaluate.EVALUATORS, "noisy", "test_adversarial:_noisy_evaluation")
+    evaluate.main(["--task", "noisy", "--run", str(tmp_path), "--json"])
+    out, err = capfd.readouterr()
+    assert _one_json_object(out.encode()) == {"score": 1.0}
+    assert "0.693" in err and "child process" in err
+    evaluate.main(["--task", "noisy", "--run", str(tmp_path)])           # without --json: all on stdout
+    assert "0.693" in capfd.readouterr().out
+
+
+def test_experiments_summary_survives_a_bad_eval_json(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    import experiments
+    (tmp_path / "unpaired" / "cinn").mkdir(parents=True)
+    (tmp_path / "unpaired" / "cinn" / "eval.json").write_text("step loss\n1 0.69\n{\"content_kept\": 0.9}")
+    (tmp_path / "shape" / "cinn").mkdir(parents=True)
+    (tmp_path / "shape" / "cinn" / "eval.json").write_text(json.dumps({"diversity": 0.5, "appearance_kept": 0.8}))
+    rows = experiments.summary_table(tmp_path, tmp_path / ".demo", ["unpaired", "shape", "diagnosis"])
+    assert "unpaired" in rows[2] and "unreadable (JSONDecodeError" in rows[2]
+    assert "appearance_kept 0.800" in rows[3] and "diversity 0.500" in rows[3] and "| ? |" in rows[3]
+    assert "summary.json unreadable" in rows[4]
