@@ -48,7 +48,7 @@ import torch.nn as nn
 
 from export.bundle import ExportError, add_int8, hash_tree, session, stage_entry, write_manifest
 from runtime.manifest import SCHEMA_VERSION, l2_rel, max_rel, sha256_file, stage_io, stage_name
-from train.common import UserError, run_cli
+from train.common import ArgParser, UserError, run_cli
 from train.flow import ConditionalINN
 from train.tasks import Experts, load_all
 from train.trainer import load_translator
@@ -406,8 +406,8 @@ def validation_pairs(task, config: dict, model: ConditionalINN, args) -> tuple[n
 
 def main(argv: list[str] | None = None) -> int:
     tasks = load_all()
-    ap = argparse.ArgumentParser(prog="python -m export.onnx", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgParser(prog="python -m export.onnx", description=__doc__,
+                   formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--task", required=True, choices=sorted(tasks))
     ap.add_argument("--run", help="trained cINN run folder (default runs/TASK/cinn)")
     ap.add_argument("--out", help="bundle folder (default engines/TASK)")

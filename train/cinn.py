@@ -22,7 +22,7 @@ from train.trainer import TrainConfig, train
 def build_parser() -> argparse.ArgumentParser:
     tasks = load_all()
     ap = ArgParser(prog="python -m train.cinn", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+                   formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--task", required=True, choices=sorted(tasks), help="registered translation task")
     ap.add_argument("--model", default="cinn", choices=["cinn", "mlp"],
                     help="cinn (default) or the deterministic MLP baseline of Sec. E")

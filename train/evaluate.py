@@ -66,7 +66,7 @@ def evaluate_ae(args) -> dict:
 
 def main(argv=None):
     ap = ArgParser(prog="python -m train.evaluate", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+                   formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--task", help="ae, features or any registered task (default: the run's own task)")
     ap.add_argument("--run", required=True, help="run folder")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
