@@ -19,6 +19,12 @@ SHA-256 next to its name (stages, tokenizer files, validation arrays, TensorRT p
     validation      {origin, count, files {path: sha256}}
     source, exporter, warnings, checks; optional attribute_names, split, tensorrt {version, gpu,
     compute_capability, plans {stage: {file, sha256, min_batch, opt_batch, max_batch, seq, workspace_gb}}}
+    source.run      the run's name ("attributes/cinn"), never a path of the exporting machine
+
+`validate_manifest` is this schema in code, run by export on what it writes and by the runtime on what
+it reads: types, and every stage tensor's shape against latent_dim, cond_shape and the image sections.
+`check_graph_io` then holds each graph's real I/O to the manifest, and `inside_bundle` refuses links
+out of the bundle before a file is opened. Every failure is a PipelineError naming the file and field.
 """
 from __future__ import annotations
 
