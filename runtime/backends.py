@@ -98,7 +98,10 @@ class OrtBackend:
                 binding.bind_output(name, *self._device)
             else:
                 binding.bind_output(name, *self._device, spec[0], [rows, *spec[1]], buf.data_ptr())
-        sess.run_with_iobinding(binding)
+        try:
+            sess.run_with_iobinding(binding)
+        except Exception as e:       # a graph that loaded but cannot run these inputs: onnxruntime's own types
+            raise PipelineError(f"stage {role} failed in onnxruntime: {' '.join(str(e).split())[:300]}") from None
         values = binding.copy_outputs_to_cpu() if host else binding.get_outputs()
         return dict(zip(self._outputs[role], values))
 

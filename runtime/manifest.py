@@ -125,7 +125,7 @@ def _need(m: dict, key: str, kind: type, where: str = "") -> object:
     value = m.get(key) if isinstance(m, dict) else None
     if not isinstance(value, kind) or isinstance(value, bool):
         got = "missing" if not isinstance(m, dict) or key not in m else f"a {type(value).__name__}"
-        raise _fail(f"'{where}{key}'", f"must be a {kind.__name__} (got {got})")
+        raise _fail(f"'{where}{key}'", f"must be {'an' if kind is int else 'a'} {kind.__name__} (got {got})")
     return value
 
 

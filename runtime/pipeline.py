@@ -328,6 +328,9 @@ class Pipeline:
         except Exception as e:          # the tokenizers library raises a bare Exception for a bad file
             raise PipelineError(f"tokenizer/tokenizer.json is not a tokenizers file ({str(e)[:200]}); "
                                 f"re-export the bundle") from None
+        if spec.get("pad_id", 0) >= tok.get_vocab_size():
+            raise PipelineError(f"manifest.json: 'tokenizer.pad_id' {spec['pad_id']} is outside the tokenizer's "
+                                f"{tok.get_vocab_size()} ids; re-export the bundle")
         tok.enable_truncation(max_length=int(spec["max_tokens"]))
         tok.enable_padding(pad_id=int(spec.get("pad_id", 0)), pad_token=spec.get("pad_token", "[PAD]"))
         return tok

@@ -135,7 +135,7 @@ TAMPERED = {
                            "'stages.flow_forward.inputs[0]' must be an object"),
     "no_validation_section": ("features", None, _set("validation", DELETE),
                               "'validation' must be a dict (got missing)"),
-    "latent_dim_bool": ("features", None, _set("latent_dim", True), "'latent_dim' must be a int (got a bool)"),
+    "latent_dim_bool": ("features", None, _set("latent_dim", True), "'latent_dim' must be an int (got a bool)"),
     "negative_cond_shape": ("features", None, _set("cond_shape", [-4]), "must be a positive integer / [c]"),
     "stages_a_list": ("features", None, _set("stages", []), "'stages' must be a dict (got a list)"),
     "unknown_dtype": ("features", None, _set("stages.flow_inverse.outputs", [
@@ -158,9 +158,24 @@ TAMPERED = {
                         "'flow_forward.onnx' is not a regular file"),
     "garbage_tokenizer": ("text2image", {"tokenizer/tokenizer.json": b'{"version": "1.0", "model": 3}'}, None,
                           "tokenizer/tokenizer.json is not a tokenizers file"),
+    "pad_id_outside_vocabulary": ("text2image", None, _set("tokenizer.pad_id", 10 ** 9),
+                                  "'tokenizer.pad_id' 1000000000 is outside the tokenizer's"),
+    "image_size_negative": ("attributes", None, _set("image.size", [-16, 16]),
+                            "'image.size' must be [height, width] positive integers"),
     "text_bundle_without_tokenizer_json": ("text2image", None, _set("tokenizer.files", {}),
                                            "does not list tokenizer/tokenizer.json"),
 }
+def _graph_that_fails_at_run(path: Path) -> None:
+    """flow_forward with the right I/O that reshapes v (N, 8) to cond's shape (N, 4): shape inference cannot
+    see it, so it loads, then fails in onnxruntime."""
+    import onnx
+    from onnx import TensorProto, helper
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", d]) for n, d in (("v", 8), ("cond", 4))]
+    nodes = [helper.make_node("Shape", ["cond"], ["shape"]), helper.make_node("Reshape", ["v", "shape"], ["z"])]
+    graph = helper.make_graph(nodes, "bad", io, [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["batch", 8])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
+
+
 # tampered validation data loads fine and is refused by `check`
 TAMPERED_CHECK = {
     "garbage_texts_json": ("text2image", {"validation/texts.json": b"\xff\xfe not json"}, None,
@@ -170,6 +185,8 @@ TAMPERED_CHECK = {
     "object_npy": ("features", {"validation/cond.npy": _object_npy}, None,
                    "validation/cond.npy is not a plain numeric"),
     "zero_byte_npy": ("features", {"validation/v.npy": b""}, None, "validation/v.npy is not a plain numeric"),
+    "graph_fails_at_run": ("features", {"flow_forward.onnx": _graph_that_fails_at_run}, None,
+                           "stage flow_forward failed in onnxruntime"),
     "target_wrong_width": ("features", {"validation/target.npy": lambda p: np.save(p, np.zeros((200, 9), np.float32))},
                            None, "validation/target.npy holds float32 (200, 9), but the manifest implies a numeric "
                                  "(200, 8)"),
