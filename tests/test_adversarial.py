@@ -402,11 +402,11 @@ TRAIN_CLI = {
     "zero_byte_npy": (["--source", "{d}/empty.npy"], "is empty (0 bytes)"),
     "object_npy": (["--source", "{d}/object.npy"], "cannot read source features file"),
     "truncated_npy": (["--source", "{d}/truncated.npy"], "cannot read source features file"),
-    "lr_nan": (["--lr", "nan"], "--lr must be a finite number > 0, got nan"),
-    "lr_inf": (["--lr", "inf"], "--lr must be a finite number > 0, got inf"),
+    "lr_nan": (["--lr", "nan"], "--lr must be positive and finite, got nan"),
+    "lr_inf": (["--lr", "inf"], "--lr must be positive and finite, got inf"),
     "steps_not_integer": (["--steps", "1.5"], "argument --steps: invalid int value: '1.5'"),
-    "steps_negative": (["--steps", "-3"], "--steps must be a finite number > 0, got -3"),
-    "noise_nan": (["--target-noise", "nan"], "--target-noise must be a finite number >= 0"),
+    "steps_negative": (["--steps", "-3"], "--steps must be positive and finite, got -3"),
+    "noise_nan": (["--target-noise", "nan"], "--target-noise must be >= 0 and finite"),
     "unknown_option": (["--stepz", "3"], "unrecognized arguments: --stepz 3"),
 }
 

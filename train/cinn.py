@@ -59,11 +59,11 @@ def resolve_configs(args, task, cond_shape, target_dim) -> tuple[dict, TrainConf
         value = getattr(args, name)
         if value is not None:
             if not math.isfinite(value) or value <= 0:        # NaN passes a plain `<= 0`
-                raise UserError(f"--{name.replace('_', '-')} must be a finite number > 0, got {value}")
+                raise UserError(f"--{name.replace('_', '-')} must be positive and finite, got {value}")
             setattr(tcfg, name, value)
     if args.target_noise is not None:
         if not math.isfinite(args.target_noise) or args.target_noise < 0:
-            raise UserError(f"--target-noise must be a finite number >= 0, got {args.target_noise}")
+            raise UserError(f"--target-noise must be >= 0 and finite, got {args.target_noise}")
         tcfg.target_noise = args.target_noise
     tcfg.warmup = min(tcfg.warmup, max(1, tcfg.steps // 10))
     return model_cfg, tcfg
