@@ -116,7 +116,10 @@ def cmd_translate(args) -> int:
         if args.texts or not args.source_json:
             raise CliError("this bundle takes condition vectors: give --source-json (a JSON list, or a file)")
         items = _json_arg(args.source_json)
-        source = [_vector(it, p.attribute_names, "--source-json") for it in (items if isinstance(items, list) else [])]
+        if not isinstance(items, list):
+            raise CliError(f"--source-json must be a JSON list (one vector or {{attribute: value}} object per "
+                           f"source), got a {type(items).__name__}; wrap it in [ ]")
+        source = [_vector(it, p.attribute_names, "--source-json") for it in items]
     out = p.translate(source, num_samples=args.num_samples, seed=args.seed, temperature=args.temperature)
     if p.has_decoder:
         if not args.out:

@@ -348,6 +348,7 @@ RUNTIME_CLI = {
     "text_too_long": (["translate", "{text2image}", "a" * 5000, "--out", "{tmp}/x.png"], "over the limit of 2000"),
     "attribute_not_a_number": (["translate", "{attributes}", "--source-json", BAD_ATTRS],
                                "attribute 'color_red' must be a number"),
+    "source_json_not_a_list": (["translate", "{attributes}", "--source-json", ATTRS], "got a dict; wrap it in [ ]"),
     "deep_json": (["translate", "{attributes}", "--source-json", "[" * 100000], "not valid JSON"),
     "vectors_to_text_bundle": (["translate", "{text2image}", "--source-json", "[[1, 2]]", "--out", "{tmp}/x.png"],
                                "source[0] is a list, not a string"),
