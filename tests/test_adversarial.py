@@ -509,3 +509,13 @@ def test_experiments_summary_survives_a_bad_eval_json(tmp_path, monkeypatch):
     assert "unpaired" in rows[2] and "unreadable (JSONDecodeError" in rows[2]
     assert "appearance_kept 0.800" in rows[3] and "diversity 0.500" in rows[3] and "| ? |" in rows[3]
     assert "summary.json unreadable" in rows[4]
+
+
+def test_bundles_record_the_run_by_name_not_by_path(bundles):
+    from runtime.manifest import read_manifest, validate_manifest
+    m = read_manifest(bundles.get("features"))
+    assert m["source"]["run"] == "bundles/features-run" and len(m["source"]["checkpoint_sha256"]) == 64
+    m["source"]["run"] = str(bundles.features_run())              # what export used to write
+    validate_manifest(m)                                          # older bundles still load
+    with pytest.raises(PipelineError, match="'source.run' holds a machine path"):
+        validate_manifest(m, writing=True)                        # export refuses to write it
