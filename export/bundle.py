@@ -66,7 +66,7 @@ def rehash(bundle_dir: str | Path, manifest: dict) -> dict:
 def write_manifest(bundle_dir: str | Path, manifest: dict) -> dict:
     """Rehash, validate against the runtime's schema, and write manifest.json atomically."""
     manifest = rehash(bundle_dir, manifest)
-    validate_manifest(manifest)
+    validate_manifest(manifest, writing=True)
     path = Path(bundle_dir) / MANIFEST
     fd, tmp = tempfile.mkstemp(dir=bundle_dir, prefix=".manifest.", suffix=".tmp")
     try:

@@ -63,7 +63,7 @@ from runtime.manifest import (
     stage_io,
     stage_name,
 )
-from train.common import UserError, run_cli
+from train.common import ArgParser, UserError, run_cli
 from train.flow import ConditionalINN
 from train.tasks import Experts, load_all
 from train.trainer import load_translator
@@ -455,8 +455,8 @@ def validation_pairs(task, config: dict, model: ConditionalINN, args) -> tuple[n
 
 def main(argv: list[str] | None = None) -> int:
     tasks = load_all()
-    ap = argparse.ArgumentParser(prog="python -m export.onnx", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgParser(prog="python -m export.onnx", description=__doc__,
+                   formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--task", required=True, choices=sorted(tasks))
     ap.add_argument("--run", help="trained cINN run folder (default runs/TASK/cinn)")
     ap.add_argument("--out", help="bundle folder (default engines/TASK)")
@@ -480,7 +480,9 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"{run} is a run of task '{config['task']}', not '{args.task}'")
     experts = task.experts(config) if task.experts is not None else Experts()
     cond, z, origin = validation_pairs(task, config, model, args)
-    source = {"run": str(run), "checkpoint_sha256": sha256_file(run / "checkpoint.safetensors"), "task_config": config}
+    # the run's name, not its path on this machine: bundles are shipped; the SHA-256 identifies the weights
+    source = {"run": "/".join(run.resolve().parts[-2:]), "task_config": config,
+              "checkpoint_sha256": sha256_file(run / "checkpoint.safetensors")}
     int8 = args.precision == "int8"
     c_cal, z_cal, cal_origin = calibration_pairs(task, config, model, args.calibration_pairs) if int8 else (0, 0, "")
     m = export_bundle(model, experts, out, task=args.task, cond=cond, z=z, origin=origin, source=source,

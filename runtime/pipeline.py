@@ -24,10 +24,14 @@ Batches: split at `max_batch` (the TensorRT profile's max, or the `max_batch` gi
 onnxruntime); chained stages (Θ -> τ⁻¹, τ -> Λ) pass device values, so on a GPU the intermediates
 never leave it. Threads: one Pipeline may be shared; see runtime.backends for the locking. Every
 input problem raises `PipelineError` (a ValueError) with one clear message.
+
+Limits (checked before anything is allocated; `Pipeline.load(max_samples=..., max_text_length=...)`):
+one call makes at most `max_samples` rows (sources x num_samples; default MAX_SAMPLES) and takes texts
+of at most `max_text_length` characters (default MAX_TEXT_LENGTH). docs/failure-behaviour.md lists
+everything that is refused.
 """
 from __future__ import annotations
 
-import json
 import numbers
 import threading
 import time
@@ -49,8 +53,12 @@ from runtime.manifest import (
     select_stages,
     verify_files,
 )
+from runtime.validation import validation_arrays, validation_texts
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt")
+# one call's work: 1024 rows of 256x256 RGB are 200 MB of output, a few seconds of GPU; raise per Pipeline
+MAX_SAMPLES = 1024
+MAX_TEXT_LENGTH = 2000            # characters; the encoder reads at most max_tokens (16-512) tokens anyway
 # what `check` accepts, by stage precision: max |a-b| / max |b| against the PyTorch outputs (None:
 # reported, not judged), flow round trip ‖τ(τ⁻¹(z)) - z‖ / ‖z‖, |NLL drift| in nats/dim (absolute), and
 # batch dependence (max |Δv| of a row alone vs in batches of 8 and 64; fp16 engines may pick kernels by
@@ -69,21 +77,25 @@ def images_from_model(x: np.ndarray) -> np.ndarray:
     return np.clip(np.rint((x.astype(np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
 
 
-def as_float_batch(x, tail: tuple[int, ...], what: str) -> np.ndarray:
-    """A numeric (N, *tail) array, N >= 1, all finite, as float32; anything else is a PipelineError."""
-    if isinstance(x, (str, bytes)):
-        raise PipelineError(f"{what} must be an array of numbers of shape (N, {', '.join(map(str, tail))}), "
-                            f"got a string")
+def as_float_batch(x, tail: tuple[int, ...], what: str, max_rows: int | None = None) -> np.ndarray:
+    """A numeric (N, *tail) array, 1 <= N <= max_rows, all finite, as float32; anything else is a PipelineError."""
+    shape = f"(N, {', '.join(map(str, tail))})"
+    if x is None or isinstance(x, (str, bytes, dict)):
+        got = "None" if x is None else f"a {type(x).__name__}"
+        raise PipelineError(f"{what} must be an array of numbers of shape {shape}, got {got}")
     try:
         arr = np.asarray(x)
-    except ValueError as e:
-        raise PipelineError(f"{what} is not a rectangular array: {e}") from None
-    if arr.size == 0 or arr.ndim == 0 or arr.shape[0] == 0:
-        raise PipelineError(f"{what} is empty (a batch of zero); pass at least one row")
+    except (ValueError, TypeError) as e:
+        raise PipelineError(f"{what} is not a rectangular array of numbers: {e}") from None
+    if arr.ndim == 0:
+        raise PipelineError(f"{what} must be an array of shape {shape}, got a single {arr.dtype} value")
     if arr.dtype.kind not in "fiub":
         raise PipelineError(f"{what} must be numeric, got dtype {arr.dtype}")
+    if arr.shape[0] == 0:
+        raise PipelineError(f"{what} is empty (a batch of zero); pass at least one row")
     if arr.shape[1:] != tuple(tail):
-        raise PipelineError(f"{what} must have shape (N, {', '.join(map(str, tail))}), got {arr.shape}")
+        raise PipelineError(f"{what} must have shape {shape}, got {arr.shape}")
+    check_rows(len(arr), max_rows, what)
     arr = arr.astype(np.float32)
     bad = ~np.isfinite(arr.reshape(len(arr), -1)).all(1)
     if bad.any():
@@ -91,13 +103,20 @@ def as_float_batch(x, tail: tuple[int, ...], what: str) -> np.ndarray:
     return arr
 
 
+def check_rows(n: int, max_rows: int | None, what: str) -> None:
+    if max_rows is not None and n > max_rows:
+        raise PipelineError(f"{what} asks for {n} rows in one call, over this Pipeline's limit of {max_rows}; "
+                            f"split the request (or raise max_samples when loading)")
+
+
 class Pipeline:
     """Load with `Pipeline.load`; see the module docstring for the calls and conventions."""
 
-    def __init__(self, bundle_dir: Path, manifest: dict, backend, stages: dict[str, str], max_batch: int):
+    def __init__(self, bundle_dir: Path, manifest: dict, backend, stages: dict[str, str], max_batch: int,
+                 max_samples: int = MAX_SAMPLES, max_text_length: int = MAX_TEXT_LENGTH):
         self.bundle_dir, self.manifest, self.backend, self.stages = bundle_dir, manifest, backend, stages
         self.precisions = {role: manifest["stages"][name]["precision"] for role, name in stages.items()}
-        self.max_batch = max_batch
+        self.max_batch, self.max_samples, self.max_text_length = max_batch, max_samples, max_text_length
         self.source_kind = manifest["source_kind"]
         self.latent_dim = int(manifest["latent_dim"])
         self.cond_shape = tuple(manifest["cond_shape"])
@@ -107,17 +126,22 @@ class Pipeline:
 
     @classmethod
     def load(cls, bundle_dir: str | Path, backend: str = "auto", device: int = 0, providers=None,
-             precision: str = "fp32", max_batch: int = 64, threads: int = 1, fused: bool = True) -> "Pipeline":
+             precision: str = "fp32", max_batch: int = 64, threads: int = 1, fused: bool = True,
+             max_samples: int = MAX_SAMPLES, max_text_length: int = MAX_TEXT_LENGTH) -> "Pipeline":
         """Read and validate the manifest, verify every file's SHA-256, open the stages.
 
         backend: "auto" (TensorRT plans when they exist and match this machine's TensorRT version and
         GPU, else onnxruntime), "onnxruntime" or "tensorrt". precision: "fp32", "int8" (flow stages)
         or "fp16". max_batch: split size for onnxruntime (TensorRT uses its profile's max).
         threads: onnxruntime intra-op threads (1 by default: lowest batch-1 latency on a busy CPU).
-        fused: use the bundle's fused translate/transfer graphs where it has them (False: always chain)."""
+        fused: use the bundle's fused translate/transfer graphs where it has them (False: always chain).
+
+        max_samples: most rows one call may make or take (sources x num_samples); max_text_length:
+        most characters per text. Both are checked before anything is allocated."""
         if backend not in BACKENDS:
             raise PipelineError(f"unknown backend '{backend}'; choose one of {', '.join(BACKENDS)}")
-        for name, value in (("max_batch", max_batch), ("threads", threads)):
+        for name, value in (("max_batch", max_batch), ("threads", threads), ("max_samples", max_samples),
+                            ("max_text_length", max_text_length)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise PipelineError(f"{name} must be a positive integer, got {value!r}")
         bundle_dir = Path(bundle_dir)
@@ -139,7 +163,8 @@ class Pipeline:
         if engine is None:
             engine = OrtBackend(bundle_dir, {r: manifest["stages"][n] for r, n in stages.items()}, providers,
                                 device, threads, buffer_rows=max_batch)
-        return cls(bundle_dir, manifest, engine, stages, min(max_batch, engine.max_batch or max_batch))
+        return cls(bundle_dir, manifest, engine, stages, min(max_batch, engine.max_batch or max_batch),
+                   max_samples=max_samples, max_text_length=max_text_length)
 
     # ---- properties of the bundle -------------------------------------------------------------
     @property
@@ -164,20 +189,23 @@ class Pipeline:
 
     def _translate(self, source, num_samples, seed, temperature, fused: bool):
         s, t = _check_count(num_samples), _check_temperature(temperature)
+        check_rows(s, self.max_samples, "num_samples")
         rng = _rng(seed)
         # the text encoder runs one row per call (see encode_source), so a fused graph only for a single text
-        one_row = self.source_kind != "text" or len(_check_texts(source)) == 1
-        if fused and s == 1 and one_row and "translate" in self.stages:
+        if fused and s == 1 and "translate" in self.stages and (
+                self.source_kind != "text" or len(_check_texts(source, self.max_samples, self.max_text_length)) == 1):
             return self._translate_fused(source, lambda n: rng.standard_normal((n, self.latent_dim),
                                                                                dtype=np.float32) * np.float32(t))
-        cond = np.repeat(self.encode_source(source), s, axis=0)
+        cond = self.encode_source(source)
+        check_rows(len(cond) * s, self.max_samples, f"{len(cond)} source(s) x {s} samples")
+        cond = np.repeat(cond, s, axis=0)
         v = rng.standard_normal((len(cond), self.latent_dim), dtype=np.float32) * np.float32(t)
         return self._generate(v, cond)
 
     def _translate_fused(self, source, draw) -> np.ndarray:
         """Φ -> τ -> Λ as one graph call per chunk; `draw(n)` gives v for n sources (as the chained path)."""
         if self.source_kind == "text":
-            texts = _check_texts(source)
+            texts = _check_texts(source, self.max_samples, self.max_text_length)
             v, out = draw(len(texts)), []
             for sl in self._chunks(len(texts)):
                 ids, mask = self._tokenize(texts[sl])
@@ -185,9 +213,10 @@ class Pipeline:
             return self._output({k: np.concatenate([o[k] for o in out]) for k in out[0]})
         if self.source_kind == "image":
             img = self.manifest["source_image"]
-            feeds = {"source_image": images_to_model(_check_images(source, (*img["size"], img["channels"]), "source"))}
+            feeds = {"source_image": images_to_model(_check_images(source, (*img["size"], img["channels"]), "source",
+                                                                   self.max_samples))}
         else:
-            feeds = {"cond": as_float_batch(source, self.cond_shape, "source")}
+            feeds = {"cond": as_float_batch(source, self.cond_shape, "source", self.max_samples)}
         n = len(next(iter(feeds.values())))
         return self._output(self._chunked("translate", {**feeds, "v": draw(n)}))
 
@@ -228,15 +257,16 @@ class Pipeline:
     def encode_source(self, source) -> np.ndarray:
         """zΦ for a source: Φ(texts) or Φ(images), or the validated condition array itself."""
         if self.source_kind == "vector":
-            return as_float_batch(source, self.cond_shape, "source")
+            return as_float_batch(source, self.cond_shape, "source", self.max_samples)
         if self.source_kind == "image":
             img = self.manifest["source_image"]
-            images = _check_images(source, (*img["size"], img["channels"]), "source")
+            images = _check_images(source, (*img["size"], img["channels"]), "source", self.max_samples)
             return self._chunked("source_encoder", {"image": images_to_model(images)})["embedding"]
         # one text per call: batched attention rounds differently with the batch's shape (measured 2e-8 on
         # MiniLM), which would make a row's result depend on the other rows of its batch
+        texts = _check_texts(source, self.max_samples, self.max_text_length)
         out = []
-        for text in _check_texts(source):
+        for text in texts:
             ids, mask = self._tokenize([text])
             out.append(self.backend.run("source_encoder", {"input_ids": ids, "attention_mask": mask})["embedding"])
         return np.concatenate(out)
@@ -255,21 +285,21 @@ class Pipeline:
     def encode_target(self, images) -> np.ndarray:
         """Θ: uint8 images (N, H, W, C) -> zΘ (N, D), the encoder's mean."""
         self._need("target_encoder", "encode_target")
-        images = _check_images(images, self.image_shape, "images")
+        images = _check_images(images, self.image_shape, "images", self.max_samples)
         return self._chunked("target_encoder", {"image": images_to_model(images)})["z"]
 
     def decode_target(self, z) -> np.ndarray:
         """Λ: zΘ (N, D) -> uint8 images (N, H, W, C)."""
         self._need("target_decoder", "decode_target")
-        z = as_float_batch(z, (self.latent_dim,), "z")
+        z = as_float_batch(z, (self.latent_dim,), "z", self.max_samples)
         return images_from_model(self._chunked("target_decoder", {"z": z})["image"])
 
     def check(self, repeats: int = 20) -> dict:
         """Self-test on the bundle's validation data (any machine, any backend): each stage against the
         PyTorch outputs stored at export, tokenizer ids, flow round trip, NLL, and median latency per
         stage and end to end at batch 1. `ok` is False when a tolerance (CHECK_TOLERANCES) is missed."""
-        files = [Path(f) for f in self.manifest["validation"]["files"]]
-        val = {f.stem: np.load(self.bundle_dir / f, allow_pickle=False) for f in files if f.suffix == ".npy"}
+        files = list(self.manifest["validation"]["files"])
+        val = validation_arrays(self)
         cond, z = val["cond"], val["target"]
         v, logdet = self.flow_inverse(z, cond)
         parity = {"flow_inverse": max(max_rel(v, val["v"]), max_rel(logdet, val["logdet"])),
@@ -278,7 +308,7 @@ class Pipeline:
         report = {"bundle": str(self.bundle_dir), "backend": self.backend.name, "providers": self.backend.providers,
                   "precisions": self.precisions, "files_verified": len(files), "validation_pairs": len(z)}
         if self.source_kind == "text":
-            texts = json.loads((self.bundle_dir / "validation" / "texts.json").read_text())
+            texts = validation_texts(self, len(val["input_ids"]))
             ids, _ = self._tokenize(texts)
             report["tokenizer_match"] = bool(ids.shape == val["input_ids"].shape and (ids == val["input_ids"]).all())
             one["source_encoder"] = {"input_ids": val["input_ids"], "attention_mask": val["attention_mask"]}
@@ -369,8 +399,8 @@ class Pipeline:
         return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
     def _pair(self, x, name: str, cond) -> tuple[np.ndarray, np.ndarray]:
-        x = as_float_batch(x, (self.latent_dim,), name)
-        cond = as_float_batch(cond, self.cond_shape, "cond")
+        x = as_float_batch(x, (self.latent_dim,), name, self.max_samples)
+        cond = as_float_batch(cond, self.cond_shape, "cond", self.max_samples)
         if len(x) != len(cond):
             raise PipelineError(f"{name} has {len(x)} rows but cond has {len(cond)}")
         return x, cond
@@ -381,17 +411,25 @@ class Pipeline:
             raise PipelineError(f"{call}: this bundle ({self.manifest['task']}) has no {what}")
 
     def _target(self, target) -> tuple[np.ndarray | None, np.ndarray | None]:
-        if isinstance(target, np.ndarray) and target.dtype == np.uint8 and target.ndim == 4:
+        """Images (uint8, or anything with 3+ axes: told what is wrong with it as an image) or latents."""
+        if isinstance(target, np.ndarray) and (target.dtype == np.uint8 or target.ndim >= 3):
             if not self.has_target_encoder:
                 raise PipelineError(f"this bundle ({self.manifest['task']}) has no target encoder (Θ), so it "
                                     f"cannot edit images; pass latents zΘ of shape (N, {self.latent_dim}) instead")
-            return _check_images(target, self.image_shape, "target"), None
-        return None, as_float_batch(target, (self.latent_dim,), "target latents")
+            return _check_images(target, self.image_shape, "target images", self.max_samples), None
+        return None, as_float_batch(target, (self.latent_dim,), "target latents", self.max_samples)
 
     def _load_tokenizer(self):
         from tokenizers import Tokenizer
         spec = self.manifest["tokenizer"]
-        tok = Tokenizer.from_file(str(self.bundle_dir / "tokenizer" / "tokenizer.json"))
+        try:
+            tok = Tokenizer.from_file(str(self.bundle_dir / "tokenizer" / "tokenizer.json"))
+        except Exception as e:          # the tokenizers library raises a bare Exception for a bad file
+            raise PipelineError(f"tokenizer/tokenizer.json is not a tokenizers file ({str(e)[:200]}); "
+                                f"re-export the bundle") from None
+        if spec.get("pad_id", 0) >= tok.get_vocab_size():
+            raise PipelineError(f"manifest.json: 'tokenizer.pad_id' {spec['pad_id']} is outside the tokenizer's "
+                                f"{tok.get_vocab_size()} ids; re-export the bundle")
         tok.enable_truncation(max_length=int(spec["max_tokens"]))
         tok.enable_padding(pad_id=int(spec.get("pad_id", 0)), pad_token=spec.get("pad_token", "[PAD]"))
         return tok
@@ -421,28 +459,46 @@ def _median_ms(fn, repeats: int) -> float:
     return float(np.median(times) * 1e3)
 
 
-def _check_texts(source) -> list[str]:
+def _check_texts(source, max_rows: int | None = None, max_length: int | None = None) -> list[str]:
     if isinstance(source, str):
         raise PipelineError("source must be a list of strings, got a single string; wrap it in a list")
     if not isinstance(source, (list, tuple)):
         raise PipelineError(f"this bundle translates text: pass a list of strings, got {type(source).__name__}")
     if not source:
         raise PipelineError("source is an empty list; pass at least one string")
+    check_rows(len(source), max_rows, "source")
     for i, text in enumerate(source):
         if not isinstance(text, str):
             raise PipelineError(f"source[{i}] is a {type(text).__name__}, not a string")
+        if max_length is not None and len(text) > max_length:
+            raise PipelineError(f"source[{i}] has {len(text)} characters, over the limit of {max_length}; "
+                                f"shorten it (the encoder reads only its first tokens anyway)")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise PipelineError(f"source[{i}] is not valid text: {text[e.start]!r} at position {e.start} is a lone "
+                                f"surrogate (an undecodable byte?); pass UTF-8 text") from None
         if not text.strip():
             raise PipelineError(f"source[{i}] is empty or whitespace; every text needs some words")
     return list(source)
 
 
-def _check_images(x, hwc: tuple[int, int, int], what: str) -> np.ndarray:
+def _check_images(x, hwc: tuple[int, int, int], what: str, max_rows: int | None = None) -> np.ndarray:
     h, w, c = hwc
     if not isinstance(x, np.ndarray) or x.dtype != np.uint8:
-        got = x.dtype if isinstance(x, np.ndarray) else type(x).__name__
-        raise PipelineError(f"{what} must be a uint8 array (N, {h}, {w}, {c}), got {got}")
+        got = f"dtype {x.dtype}" if isinstance(x, np.ndarray) else f"a {type(x).__name__}"
+        hint = "; convert with np.clip(np.rint(x), 0, 255).astype(np.uint8) from 0..255 values" \
+            if isinstance(x, np.ndarray) and x.dtype.kind in "fiu" else ""
+        raise PipelineError(f"{what} must be a uint8 array (N, {h}, {w}, {c}), got {got}{hint}")
+    if x.ndim == 3 and x.shape == (h, w, c):
+        raise PipelineError(f"{what} must have shape (N, {h}, {w}, {c}), got one image {x.shape}; add a batch "
+                            f"axis (x[None])")
+    if x.ndim == 3 and x.shape[1:] == (h, w):
+        raise PipelineError(f"{what} have no channel axis (shape {x.shape}: grayscale?); this bundle needs "
+                            f"{c}-channel images (N, {h}, {w}, {c})")
     if x.ndim != 4 or x.shape[0] == 0:
         raise PipelineError(f"{what} must have shape (N, {h}, {w}, {c}) with N >= 1, got {x.shape}")
+    check_rows(len(x), max_rows, what)
     if x.shape[3] != c:
         raise PipelineError(f"{what} must have {c} channels, got {x.shape[3]} (shape {x.shape})")
     if x.shape[1:3] != (h, w):

@@ -344,8 +344,8 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
                  "edge_weight": args.edge_weight}
     cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
-    if cfg.steps < 1 or cfg.batch_size < 1 or cfg.lr <= 0:
-        raise UserError("--steps, --batch-size and --lr must be positive")
+    if cfg.steps < 1 or cfg.batch_size < 1 or not cfg.lr > 0 or cfg.lr == float("inf"):     # NaN fails `> 0`
+        raise UserError("--steps, --batch-size and --lr must be positive (and --lr finite)")
     if args.data != "folder" and args.attr_csv:
         raise UserError("--attr-csv only applies to --data folder")
     if args.data != "sprites" and args.style != "flat":

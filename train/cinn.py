@@ -8,11 +8,12 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import fields
 
 import torch
 
-from train.common import UserError, run_cli, seed_everything
+from train.common import ArgParser, UserError, run_cli, seed_everything
 from train.flow import FlowConfig, MLPConfig
 from train.tasks import load_all
 from train.trainer import TrainConfig, train
@@ -20,8 +21,8 @@ from train.trainer import TrainConfig, train
 
 def build_parser() -> argparse.ArgumentParser:
     tasks = load_all()
-    ap = argparse.ArgumentParser(prog="python -m train.cinn", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgParser(prog="python -m train.cinn", description=__doc__,
+                   formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--task", required=True, choices=sorted(tasks), help="registered translation task")
     ap.add_argument("--model", default="cinn", choices=["cinn", "mlp"],
                     help="cinn (default) or the deterministic MLP baseline of Sec. E")
@@ -57,12 +58,12 @@ def resolve_configs(args, task, cond_shape, target_dim) -> tuple[dict, TrainConf
     for name in ("steps", "batch_size", "lr"):
         value = getattr(args, name)
         if value is not None:
-            if value <= 0:
-                raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}")
+            if not math.isfinite(value) or value <= 0:        # NaN passes a plain `<= 0`
+                raise UserError(f"--{name.replace('_', '-')} must be positive and finite, got {value}")
             setattr(tcfg, name, value)
     if args.target_noise is not None:
-        if args.target_noise < 0:
-            raise UserError(f"--target-noise must be >= 0, got {args.target_noise}")
+        if not math.isfinite(args.target_noise) or args.target_noise < 0:
+            raise UserError(f"--target-noise must be >= 0 and finite, got {args.target_noise}")
         tcfg.target_noise = args.target_noise
     tcfg.warmup = min(tcfg.warmup, max(1, tcfg.steps // 10))
     return model_cfg, tcfg

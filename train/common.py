@@ -5,6 +5,8 @@ non-zero exit code instead of a traceback from deep inside a library.
 """
 from __future__ import annotations
 
+import argparse
+import contextlib
 import csv
 import json
 import math
@@ -36,6 +38,29 @@ def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | No
     sys.exit(code or 0)
 
 
+class ArgParser(argparse.ArgumentParser):
+    """argparse whose errors are one line (a UserError) instead of the usage block; --help is unchanged."""
+
+    def error(self, message):
+        raise UserError(f"{message} (see {self.prog} --help)")
+
+
+@contextlib.contextmanager
+def json_stdout():
+    """For `--json` commands: everything printed inside (progress, tables, subprocesses) goes to stderr,
+    so stdout carries only the one JSON object printed after the block."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def progress_interval() -> float:
     """tqdm refresh interval: lively on a terminal, sparse in logs (CI, pipes)."""
     return 0.5 if sys.stderr.isatty() else 30.0
@@ -53,17 +78,28 @@ os.umask(_UMASK)
 
 
 def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Write through a temp file in the same folder, then rename: a crash never leaves half a file."""
+    """Write through a temp file in the same folder, then rename: a crash never leaves half a file
+    (a kill -9 can leave the temp file itself; `clean_stale_temps` removes those on the next start)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)          # mkstemp makes 0600; give the file the usual permissions
     try:
         write(tmp)
+        # after writing: mkstemp makes 0600, and safetensors recreates the file (0600 again)
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def clean_stale_temps(folder: str | Path) -> list[Path]:
+    """Remove the atomic writer's leftovers (`.NAME.*.tmp`) from a run folder, e.g. after a kill -9.
+    Call only where no other process writes into `folder`."""
+    stale = [p for p in Path(folder).glob(".*.tmp") if p.is_file() and not p.is_symlink()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def atomic_write_json(path: str | Path, obj) -> None:

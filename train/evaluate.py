@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import math
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from train.common import UserError, read_json, run_cli
+from train.common import ArgParser, UserError, json_stdout, read_json, run_cli
 from train.features import load_pairs
 from train.flow import ConditionalINN
 from train.tasks import load_all
@@ -64,8 +65,8 @@ def evaluate_ae(args) -> dict:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m train.evaluate", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgParser(prog="python -m train.evaluate", description=__doc__,
+                   formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--task", help="ae, features or any registered task (default: the run's own task)")
     ap.add_argument("--run", required=True, help="run folder")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
@@ -83,13 +84,16 @@ def main(argv=None):
         raise UserError(f"run folder not found: {args.run}")
     task = args.task or read_json(Path(args.run) / "config.json").get("task", "features")
     registered = {name: t.evaluate for name, t in load_all().items() if t.evaluate is not None}
-    if task in EVALUATORS:
-        module, func = EVALUATORS[task].split(":")
-        result = getattr(importlib.import_module(module), func)(args)
-    elif task in registered:
-        result = registered[task](args)
-    else:
+    if task not in EVALUATORS and task not in registered:
         raise UserError(f"no evaluation for task '{task}'; choose from {', '.join([*EVALUATORS, *registered])}")
+    # with --json, whatever an evaluation prints first (e.g. training the unpaired task's domain classifier)
+    # goes to stderr: stdout is the one JSON object scripts/experiments.py stores as eval.json
+    with json_stdout() if args.json else contextlib.nullcontext():
+        if task in EVALUATORS:
+            module, func = EVALUATORS[task].split(":")
+            result = getattr(importlib.import_module(module), func)(args)
+        else:
+            result = registered[task](args)
     if args.json:
         print(json.dumps(result, indent=2, sort_keys=True))
     else:

@@ -21,6 +21,8 @@ def load_array(path: str | Path, key: str | None = None, what: str = "features")
     suffix = path.suffix.lower()
     if suffix not in FORMATS:
         raise UserError(f"{what} file {path} has unsupported format '{suffix}'; use one of {', '.join(FORMATS)}")
+    if path.stat().st_size == 0:
+        raise UserError(f"{what} file {path} is empty (0 bytes); write the array again")
     try:
         if suffix == ".npy":
             if key:
@@ -41,7 +43,7 @@ def load_array(path: str | Path, key: str | None = None, what: str = "features")
             if key not in arrays:
                 raise UserError(f"key '{key}' not in {path}; available: {', '.join(sorted(arrays)) or 'none'}")
             arr = arrays[key]
-    except (ValueError, OSError) as e:
+    except (ValueError, OSError, EOFError) as e:       # EOFError: a truncated .npy
         raise UserError(f"cannot read {what} file {path}: {e}") from None
     if not np.issubdtype(arr.dtype, np.number):
         raise UserError(f"{what} in {path} has non-numeric dtype {arr.dtype}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from train.common import (
     MetricsLog,
     UserError,
     atomic_write_json,
+    clean_stale_temps,
     load_optim,
     load_run_weights,
     load_tensors,
@@ -125,6 +127,11 @@ def train(kind: str, model_cfg: dict, cfg: TrainConfig, source: PairSource, out_
     is_main = rank == 0
     ckpt = out / "checkpoint.safetensors"
     config = {"kind": kind, "model": model_cfg, "train": asdict(cfg), **(run_info or {})}
+    if is_main and out.is_dir():
+        stale = clean_stale_temps(out)              # a killed run's half-written checkpoint temp files
+        if stale:
+            print(f"note: removed {len(stale)} stale temp file(s) from {out}: {', '.join(p.name for p in stale)}",
+                  file=sys.stderr)
     if resume:
         old = read_json(out / "config.json")
         if old["model"] != json.loads(json.dumps(model_cfg)):
