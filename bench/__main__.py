@@ -11,6 +11,8 @@ peak RSS, and the floor of each number from this run's machine floors; then cINN
 throughput and the verdict on each target. Writes OUT/<host>-<date>.json, .md and .png.
 --quick: a few rounds, small floors, a tiny training comparison (checks the suite runs, numbers noisy).
 --render JSON: re-judge a saved run's targets (e.g. after a change to bench.targets) without measuring.
+--paper [bench.paper options]: a paper-size bert2biggan flow (random init, ~2 GB per direction in fp32, ONNX
+external data) in fp32 vs static int8 instead of the bundles; `python -m bench.paper --help` for its options.
 """
 from __future__ import annotations
 
@@ -30,6 +32,10 @@ def _ints(text: str) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--paper" in argv:
+        from bench.paper import main as paper_main
+        return paper_main([a for a in argv if a != "--paper"])
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--task", help="only bundles of this task")

@@ -52,3 +52,21 @@ def test_quick_bench_writes_json_markdown_and_png(tmp_path):
     assert files[".png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     files[".md"].unlink()
     assert bench_main(["--render", str(files[".json"])]) == 0 and files[".md"].read_text() == md
+
+
+def test_paper_quick_uses_external_data_and_static_int8(tmp_path):
+    """`python -m bench --paper --quick`: a tiny flow forced into external data, static int8, both directions."""
+    out, bundle = tmp_path / "results", tmp_path / "paper"
+    assert bench_main(["--paper", "--quick", "--no-rss", "--batches", "1,8", "--paper-dir", str(bundle),
+                       "--out", str(out)]) == 0
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["stages"]["flow_forward"]["external_data"] == {
+        "flow_forward.onnx.data": manifest["stages"]["flow_forward"]["external_data"]["flow_forward.onnx.data"]}
+    assert {"flow_forward.int8", "flow_inverse.int8"} <= manifest["stages"].keys()
+    r = json.loads(next(out.glob("paper-*.json")).read_text())
+    assert {(row["stage"], row["backend"], row["batch"]) for row in r["rows"]} == \
+        {(s, b, n) for s in ("flow_forward", "flow_inverse") for b in ("ort-fp32", "ort-int8") for n in (1, 8)}
+    assert all(row["floor"]["memory_ms"] > 0 and row["median_ms"] > 0 for row in r["rows"])
+    acc = r["int8_accuracy"]
+    assert acc["v_batch_dependence_max_abs"] <= 1e-5 and abs(acc["nll_drift_nats_per_dim"]) < 0.05
+    assert len(r["targets"]) == 5 and "random init" in next(out.glob("paper-*.md")).read_text()
