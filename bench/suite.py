@@ -124,6 +124,8 @@ def bench_bundle(data: BundleData, fl: dict, batches=BATCHES, backends=BACKENDS,
     """Everything measured on one bundle (see the module docstring)."""
     load = [machine.load_average()]
     opened, skipped = open_all(data, backends, threads)
+    if "pytorch-compile" in opened and rss:
+        skipped["pytorch-compile peak RSS"] = "not measured: a fresh process would compile every graph again"
     cases = [Case((b, s, n), functools.partial(fn, data.inputs(s, n)), n)
              for b, calls in opened.items() for s, fn in calls.items() for n in batches]
     diag = diagnostic_cases(data, threads)
@@ -131,7 +133,7 @@ def bench_bundle(data: BundleData, fl: dict, batches=BATCHES, backends=BACKENDS,
     run["load_average"] = load + [machine.load_average()]
     rows = [_row(c, data, fl, threads) for c in cases]
     if rss:
-        for b in opened:
+        for b in (b for b in opened if b != "pytorch-compile"):
             peak = peak_rss(str(data.dir.resolve()), b, list(batches), threads)
             for row in rows:
                 if row["backend"] == b:
@@ -141,6 +143,7 @@ def bench_bundle(data: BundleData, fl: dict, batches=BATCHES, backends=BACKENDS,
                 skipped[f"{b} peak RSS"] = peak["error"]
     return {"path": str(data.dir), "task": data.manifest["task"], "source_kind": data.kind,
             "stages": data.stages, "threads": threads, "skipped": skipped, "measurement": run, "rows": rows,
+            "backend_info": {b: calls.info for b, calls in opened.items() if hasattr(calls, "info")},
             "diagnostics": {c.key[1]: summary(c) for c in diag}, "flow_graphs": flow_graph_facts(data, threads),
             "int8_accuracy": int8_accuracy(data, batches)}
 
