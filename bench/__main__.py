@@ -45,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="bench/results", help="results folder")
     ap.add_argument("--backends", default=",".join(BACKENDS))
     ap.add_argument("--batches", default=",".join(map(str, BATCHES)))
+    ap.add_argument("--compile-batches", default="1",
+                    help="batches at which the pytorch-compile peer is timed (default 1: each batch is a separate "
+                         "inductor compile, minutes per module on a small CPU)")
     ap.add_argument("--no-training", action="store_true", help="skip the cINN vs FrEIA training comparison")
     ap.add_argument("--train-threads", type=int, default=1,
                     help="torch threads of the training comparison (default 1: on a shared 2-core machine a second "
@@ -71,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"benchmarking {', '.join(map(str, bundles))}", flush=True)
     results = run_suite(bundles, quick=args.quick, threads=args.threads, batches=_ints(args.batches),
                         backends=backends, training=not args.no_training, rss=not args.no_rss,
-                        train_threads=args.train_threads)
+                        train_threads=args.train_threads, compile_batches=_ints(args.compile_batches))
     paths = write_all(results, args.out)
     print(paths["md"].read_text())
     print("wrote " + ", ".join(str(p) for p in paths.values()))

@@ -120,14 +120,15 @@ def _row(case: Case, data: BundleData, fl: dict, threads: int) -> dict:
 
 
 def bench_bundle(data: BundleData, fl: dict, batches=BATCHES, backends=BACKENDS, threads: int = 1,
-                 plan: Plan | None = None, rss: bool = True) -> dict:
+                 plan: Plan | None = None, rss: bool = True, compile_batches=(1,)) -> dict:
     """Everything measured on one bundle (see the module docstring)."""
     load = [machine.load_average()]
     opened, skipped = open_all(data, backends, threads)
     if "pytorch-compile" in opened and rss:
         skipped["pytorch-compile peak RSS"] = "not measured: a fresh process would compile every graph again"
     cases = [Case((b, s, n), functools.partial(fn, data.inputs(s, n)), n)
-             for b, calls in opened.items() for s, fn in calls.items() for n in batches]
+             for b, calls in opened.items() for s, fn in calls.items() for n in batches
+             if b != "pytorch-compile" or n in compile_batches]
     diag = diagnostic_cases(data, threads)
     run = measure(cases + diag, plan or Plan())
     run["load_average"] = load + [machine.load_average()]
@@ -161,11 +162,12 @@ def training_comparison(quick: bool, threads: int = 1) -> dict:
 
 
 def run_suite(bundle_dirs, quick: bool = False, threads: int = 1, batches=BATCHES, backends=BACKENDS,
-              training: bool = True, rss: bool = True, train_threads: int = 1) -> dict:
+              training: bool = True, rss: bool = True, train_threads: int = 1, compile_batches=(1,)) -> dict:
     """The whole suite on `bundle_dirs`; the results dict `bench.report` writes."""
     results = {**machine.host_info(), "load_average_start": machine.load_average(),
                "settings": {"quick": quick, "threads": threads, "batches": list(batches),
                             "backends": list(backends), "train_threads": train_threads,
+                            "compile_batches": list(compile_batches),
                             "plan": vars(QUICK if quick else Plan())}}
     results["floors"] = machine.floors(quick)
     results["bundles"] = {}
@@ -173,7 +175,7 @@ def run_suite(bundle_dirs, quick: bool = False, threads: int = 1, batches=BATCHE
         data = BundleData(d)
         name = data.name if data.name not in results["bundles"] else f"{data.name}@{data.dir}"
         results["bundles"][name] = bench_bundle(data, results["floors"], batches, backends, threads,
-                                                QUICK if quick else Plan(), rss)
+                                                QUICK if quick else Plan(), rss, compile_batches)
     results["training"] = training_comparison(quick, train_threads) if training else None
     results["targets"] = evaluate_targets(results)
     results["load_average_end"] = machine.load_average()

@@ -2,8 +2,10 @@
 training + int8 export) through `python -m bench --quick`, then the JSON keys, the markdown and the PNG, and
 that `--render` rebuilds the same markdown from the JSON."""
 import json
+import os
 
 import numpy as np
+import pytest
 
 from bench.__main__ import main as bench_main
 from export import onnx as export_onnx
@@ -73,6 +75,9 @@ def test_paper_quick_uses_external_data_and_static_int8(tmp_path):
     assert len(r["targets"]) == 5 and "random init" in next(out.glob("paper-*.md")).read_text()
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("BENCH_COMPILE_TEST"), reason="torch.compile compiles for minutes on the shared "
+                    "2-core machine (4.5 min measured); set BENCH_COMPILE_TEST=1 to run it")
 def test_torch_compile_peer_is_timed_and_judged(tmp_path):
     """The torch.compile peer (inductor, CPU) at batch 1: rows, compile times apart, target (d) judged."""
     out = tmp_path / "results"
