@@ -107,8 +107,13 @@ def _ort_quantize(src: Path, dst: Path, feeds: list[dict]) -> None:
     import tempfile
 
     import onnx
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     from export.bundle import gemm_to_matmul, save_graph
 
@@ -140,7 +145,7 @@ def add_static_int8(bundle: Path, calib: dict, quick: bool) -> str:
     from export.bundle import stage_entry, write_manifest
     from runtime.manifest import read_manifest, stage_name
     try:
-        from export.quantize import quantize_static_flow          # the export's own, where it exists
+        from export.quantize import quantize_static_flow  # the export's own, where it exists
     except ImportError:
         quantize_static_flow = None
     manifest = read_manifest(bundle)
@@ -293,6 +298,29 @@ def peak_rss(bundle: Path, role: str, precision: str, batches, threads: int) -> 
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def gemv_bandwidth(hidden: int, megabytes: int = 1024, repeats: int = 5) -> dict:
+    """What a bare fp32 matrix-vector product achieves over the flow's own layer shape (hidden x hidden) at 1 thread:
+    torch.mv over enough matrices to hold `megabytes`, best of N, in GB/s. It tells whether the memory floor
+    (from plain reductions) is reachable by any GEMV at batch 1 or only by a reduction."""
+    import torch
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        n = max(1, megabytes * 2 ** 20 // (hidden * hidden * 4))
+        mats, x = [torch.randn(hidden, hidden) for _ in range(n)], torch.randn(hidden)
+        best = min(_timed(lambda: [torch.mv(m, x) for m in mats]) for _ in range(repeats))
+        return {"hidden": hidden, "megabytes": n * hidden * hidden * 4 / 2 ** 20,
+                "gbs": n * hidden * hidden * 4 / best / 1e9}
+    finally:
+        torch.set_num_threads(old)
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
 def verdicts(rows: list[dict], acc: dict) -> list[dict]:
     """The paper-size targets at batch 1 (module docstring), judged on this run."""
     def row(p, role):
@@ -308,7 +336,8 @@ def verdicts(rows: list[dict], acc: dict) -> list[dict]:
                     "pass": s >= INT8_SPEEDUP_MIN, "int8_over_its_memory_floor": r8["measured_over_memory_floor"],
                     "best_possible_from_bytes": r32["floor"]["memory_ms"] / r8["floor"]["memory_ms"]})
     d = abs(acc["nll_drift_nats_per_dim"])
-    out.append({"what": "int8 NLL drift, absolute, nats/dim on model samples", "measured": d, "threshold": DRIFT_MAX_NATS,
+    out.append({"what": "int8 NLL drift, absolute, nats/dim on model samples", "measured": d,
+                "threshold": DRIFT_MAX_NATS,
                 "pass": d <= DRIFT_MAX_NATS})
     return out
 
@@ -324,6 +353,7 @@ def run_paper(out_dir: Path, quick: bool = False, threads: int = 1, batches=BATC
     results["files"] = _files(out_dir)
     _log("measuring machine floors")
     results["floors"] = fl = machine.floors(quick)
+    results["gemv"] = gemv_bandwidth(cfg["hidden"], 64 if quick else 1024)
     import torch
     torch.set_num_threads(max(1, machine.cores()["usable"]))
     from train.flow import ConditionalINN  # noqa: F401  (model_pairs needs the model: rebuild it, same seed)
@@ -362,14 +392,16 @@ def markdown(r: dict) -> str:
              f"- **random init** (timing only): bert2biggan's cINN at the paper preset, D={c['target_dim']}, "
              f"cond {tuple(c['cond_shape'])} ({c['origin']}), {c['num_blocks']} blocks, width {c['hidden']}, depth "
              f"{c['depth']}; {b.get('parameters', 0) / 1e6:.1f} M parameters; {b.get('weights', '')}",
-             f"- files: " + ", ".join(f"{k} {v['bytes'] / 1e9:.3f} GB ({' + '.join(v['files'])})"
+             "- files: " + ", ".join(f"{k} {v['bytes'] / 1e9:.3f} GB ({' + '.join(v['files'])})"
                                       for k, v in r["files"].items()),
              f"- int8: {b.get('quantizer', 'reused bundle')}; export {b.get('export_s', 0):.0f} s, quantize "
              f"{b.get('quantize_s', 0):.0f} s" + (" (bundle reused)" if b.get("reused") else ""),
              f"- CPU: {r['cpu_model']}, load average {r['load_average_start']} -> {r['load_average_end']}; "
              f"onnxruntime {r['versions'].get('onnxruntime')}, {r['settings']['threads']} thread(s); read bandwidth "
              f"{fl['read_bandwidth']['gbs']:.1f} GB/s, fp32 peak {machine.fp32_peak_gflops(fl, 1):.0f}, int8 peak "
-             f"{machine.int8_peak_gflops(fl):.0f} GFLOP/s; whole run {r['seconds']:.0f} s", "",
+             f"{machine.int8_peak_gflops(fl):.0f} GFLOP/s; whole run {r['seconds']:.0f} s"
+             + (f"; a bare 1-thread fp32 GEMV over {r['gemv']['hidden']}x{r['gemv']['hidden']} matrices "
+                f"({r['gemv']['megabytes']:.0f} MB) streams {r['gemv']['gbs']:.1f} GB/s" if r.get("gemv") else ""), "",
              "| stage | batch | precision | median ms | p99 ms | items/s | peak RSS MB | floor ms (mem / flops) "
              "| measured / memory floor | halves Δ |", "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for row in sorted(r["rows"], key=lambda x: (x["stage"], x["batch"], x["backend"])):

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from bench.cases import STAGES
 
-STYLE = {"pytorch": ("tab:red", "o"), "pytorch-compile": ("tab:brown", "P"), "ort-fp32": ("tab:blue", "s"), "ort-int8": ("tab:green", "^"),
+STYLE = {"pytorch": ("tab:red", "o"), "pytorch-compile": ("tab:brown", "P"), "ort-fp32": ("tab:blue", "s"),
+         "ort-int8": ("tab:green", "^"),
          "trt-fp32": ("tab:purple", "D"), "trt-fp16": ("tab:orange", "v")}
 
 

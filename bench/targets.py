@@ -126,8 +126,9 @@ def stage_split(b: dict, peer: str) -> str:
         if rt is None or pt is None:
             continue
         fl = rt["floor"]["ms"]
-        parts.append(f"{stage} {rt['median_ms']:.3f} vs {pt['median_ms']:.3f} ms ({pt['median_ms'] / rt['median_ms']:.2f}x;"
-                     f" floor {fl:.3f} ms, runtime {rt['median_ms'] / fl:.1f}x / {peer} {pt['median_ms'] / fl:.1f}x it)")
+        ratio = pt["median_ms"] / rt["median_ms"]
+        parts.append(f"{stage} {rt['median_ms']:.3f} vs {pt['median_ms']:.3f} ms ({ratio:.2f}x; floor {fl:.3f} ms, "
+                     f"runtime {rt['median_ms'] / fl:.1f}x / {peer} {pt['median_ms'] / fl:.1f}x it)")
     return "per stage, runtime vs " + peer + ": " + "; ".join(parts) if parts else ""
 
 

@@ -142,7 +142,8 @@ def export_graph(module: nn.Module, args: tuple, path: Path, inputs, outputs, op
             try:
                 with _quiet_stdout():              # on failure it prints its whole IR graph (from C++)
                     torch.onnx.export(module, args, str(raw), dynamo=False, **common)
-                problem = None if _other_batch_ok(raw, module, args, inputs) else "its graph fails at another batch size"
+                ok = _other_batch_ok(raw, module, args, inputs)
+                problem = None if ok else "its graph fails at another batch size"
             except RuntimeError as e:
                 problem = str(e).splitlines()[0][:120]
             used = "torchscript"

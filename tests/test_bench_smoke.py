@@ -33,7 +33,8 @@ def _tiny_bundle(tmp_path):
 def test_quick_bench_writes_json_markdown_and_png(tmp_path):
     out = tmp_path / "results"
     backends = "pytorch,ort-fp32,ort-int8,trt-fp32,trt-fp16"          # torch.compile: its own test below
-    assert bench_main(["--bundle", str(_tiny_bundle(tmp_path)), "--quick", "--out", str(out), "--backends", backends]) == 0
+    bundle = _tiny_bundle(tmp_path)
+    assert bench_main(["--bundle", str(bundle), "--quick", "--out", str(out), "--backends", backends]) == 0
     files = {p.suffix: p for p in out.iterdir()}
     assert set(files) == {".json", ".md", ".png"} and len({p.stem for p in files.values()}) == 1
     r = json.loads(files[".json"].read_text())

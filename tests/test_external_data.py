@@ -77,6 +77,7 @@ def test_forced_external_small_graph_entry_and_cost(external_bundle, tmp_path):
                     location="forced.onnx.data", size_threshold=0)
     assert "external_data" not in stage_entry(tmp_path, "inline.onnx", "flow_forward", "fp32")
     entry = stage_entry(tmp_path, "forced.onnx", "flow_forward", "fp32")
-    assert list(entry["external_data"]) == ["forced.onnx.data"] and len(entry["external_data"]["forced.onnx.data"]) == 64
+    assert list(entry["external_data"]) == ["forced.onnx.data"]
+    assert len(entry["external_data"]["forced.onnx.data"]) == 64
     a, b = graph_cost(str(inline), 8), graph_cost(str(forced), 8)
     assert a["weight_bytes"] == b["weight_bytes"] > 0 and a["matmul_flops"] == b["matmul_flops"] > 0
