@@ -8,6 +8,8 @@ Backends, each a dict stage -> callable(inputs) that returns numpy like the runt
   pytorch    the trained modules, same weights: the run named by the manifest's `source.run`, rebuilt
              with `load_translator` + `Task.experts(config)` (checkpoint SHA-256 checked against the
              manifest); torch intra-op threads = the runtime's `threads`, inference_mode.
+  pytorch-compile  the same modules under torch.compile (inductor, CPU; bench.compiled), compile time
+             recorded apart from the latency.
   ort-fp32   runtime.Pipeline on onnxruntime, fp32 stages.
   ort-int8   the same with the int8 flow stages (only the calls that touch the flow are measured: the
              other stages are the same fp32 graphs as ort-fp32).
@@ -29,7 +31,7 @@ STAGES = ("encode_source", "flow_forward", "flow_inverse", "encode_target", "dec
 ROLE = {"encode_source": "source_encoder", "flow_forward": "flow_forward", "flow_inverse": "flow_inverse",
         "encode_target": "target_encoder", "decode_target": "target_decoder"}
 FLOW_STAGES = ("flow_forward", "flow_inverse", "translate")
-BACKENDS = ("pytorch", "ort-fp32", "ort-int8", "trt-fp32", "trt-fp16")
+BACKENDS = ("pytorch", "pytorch-compile", "ort-fp32", "ort-int8", "trt-fp32", "trt-fp16")
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -52,8 +54,8 @@ def discover(bundles: list[str] | None = None, task: str | None = None, root: st
 class BundleData:
     """A bundle's manifest, validation arrays, stage list, inputs per batch and graph files."""
 
-    def __init__(self, bundle_dir: str | Path):
-        self.dir = Path(bundle_dir)
+    def __init__(self, bundle_dir: str | Path, runs: str | Path = "runs"):
+        self.dir, self.runs = Path(bundle_dir), Path(runs)       # runs: where manifest source.run is found
         self.manifest = read_manifest(self.dir)
         self.kind = self.manifest["source_kind"]
         files = [Path(f) for f in self.manifest["validation"]["files"]]
@@ -143,6 +145,9 @@ def open_backend(data: BundleData, backend: str, threads: int = 1) -> dict:
     if backend == "pytorch":
         from bench.eager import torch_calls
         return torch_calls(data, threads)
+    if backend == "pytorch-compile":
+        from bench.compiled import compiled_calls
+        return compiled_calls(data, threads)
     if backend == "ort-fp32":
         return pipeline_calls(Pipeline.load(data.dir, backend="onnxruntime", threads=threads), data.stages)
     if backend == "ort-int8":
@@ -158,7 +163,7 @@ def open_backend(data: BundleData, backend: str, threads: int = 1) -> dict:
 
 def precision_of(backend: str) -> str:
     """The graphs' precision a backend runs (PyTorch runs the fp32 math)."""
-    return "fp32" if backend == "pytorch" else backend.split("-")[1]
+    return "fp32" if backend.startswith("pytorch") else backend.split("-")[1]
 
 
 def checkpoint_of(data: BundleData) -> Path:
@@ -167,9 +172,12 @@ def checkpoint_of(data: BundleData) -> Path:
     run = source.get("run")
     if not run:
         raise Skip("the manifest names no training run (stand-in bundle), so there are no PyTorch weights")
-    path = next((p for p in (Path(run), REPO / run) if (p / "checkpoint.safetensors").is_file()), None)
+    # source.run is the run's name under a runs folder (older bundles: a path)
+    path = next((p for p in (data.runs / run, REPO / "runs" / run, Path(run), REPO / run)
+                 if (p / "checkpoint.safetensors").is_file()), None)
     if path is None:
-        raise Skip(f"the bundle's training run {run} (manifest source.run) is not on this machine")
+        raise Skip(f"the bundle's training run {run} (manifest source.run) is not under {data.runs} on this "
+                   f"machine; pass --runs DIR")
     if source.get("checkpoint_sha256") and sha256_file(path / "checkpoint.safetensors") != source["checkpoint_sha256"]:
         raise Skip(f"{path}/checkpoint.safetensors changed since the export (SHA-256 differs from the manifest)")
     return path

@@ -12,7 +12,9 @@ SHA-256 next to its name (stages, tokenizer files, validation arrays, TensorRT p
     task, source_kind ("text" | "vector" | "image"), latent_dim D, cond_shape [c] or [C, H, W]
     stages          {name: {file, role, precision, sha256, inputs, outputs, exporter}}; name = role for fp32,
                     role.precision otherwise ("flow_forward.int8"); inputs/outputs list
-                    {name, shape (ints, "batch", "seq"), dtype (numpy name)}
+                    {name, shape (ints, "batch", "seq"), dtype (numpy name)}; optional external_data
+                    {path: sha256}: the ONNX external-data file(s) of a graph over protobuf's 2 GB limit
+                    (onnxruntime reads them from the graph's folder), hashed and verified like the graph
     image           {size [H, W], channels, range [-1, 1], layout "NCHW"}   (target image stages)
     source_image    same, for image sources
     tokenizer       {files {path: sha256}, max_tokens, pad_id}               (text sources)
@@ -145,6 +147,8 @@ def sha256_file(path: str | Path) -> str:
 def hashed_files(manifest: dict) -> dict[str, str]:
     """Every file the manifest names, relative path -> recorded SHA-256."""
     files = {s["file"]: s["sha256"] for s in manifest["stages"].values()}
+    for s in manifest["stages"].values():
+        files.update(s.get("external_data") or {})
     for section in ("tokenizer", "validation"):
         files.update(manifest.get(section, {}).get("files", {}))
     for plan in manifest.get("tensorrt", {}).get("plans", {}).values():
@@ -242,6 +246,10 @@ def _check_stage(m: dict, name: str, st) -> None:
         raise _fail(f"stage '{name}'", f"should be named '{stage_name(st['role'], st['precision'])}'")
     if not isinstance(st.get("file"), str) or not _safe_relative(st["file"]) or not _is_sha256(st.get("sha256")):
         raise _fail(f"stage '{name}'", "needs a relative 'file' inside the bundle and its 'sha256'")
+    external = st.get("external_data", {})
+    if not isinstance(external, dict) or not all(isinstance(f, str) and _safe_relative(f) and _is_sha256(h)
+                                                 for f, h in external.items()):
+        raise _fail(f"stage '{name}' 'external_data'", "must map each relative file inside the bundle to its sha256")
     if st["role"] == "source_encoder" and m["source_kind"] == "vector":
         raise _fail(f"stage '{name}'", "cannot exist in a vector-source bundle (it has no source encoder)")
     inputs, outputs = _tensor_specs(st, "inputs", where), _tensor_specs(st, "outputs", where)
