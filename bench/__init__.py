@@ -7,4 +7,6 @@
   suite     one run over bundles -> results dict; rss: peak memory per backend in a fresh process
   targets   verdicts on the performance targets; report: JSON, markdown, PNG
   training  our cINN vs FrEIA training throughput
+  compiled  the torch.compile (inductor) peer; paper: a paper-size flow, fp32 vs static int8, external data
+  gpu       standalone script for an NVIDIA GPU: CUDA eager / CUDA graph / torch.compile per stage
 """

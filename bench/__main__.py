@@ -11,6 +11,8 @@ peak RSS, and the floor of each number from this run's machine floors; then cINN
 throughput and the verdict on each target. Writes OUT/<host>-<date>.json, .md and .png.
 --quick: a few rounds, small floors, a tiny training comparison (checks the suite runs, numbers noisy).
 --render JSON: re-judge a saved run's targets (e.g. after a change to bench.targets) without measuring.
+--paper [bench.paper options]: a paper-size bert2biggan flow (random init, ~2 GB per direction in fp32, ONNX
+external data) in fp32 vs static int8 instead of the bundles; `python -m bench.paper --help` for its options.
 """
 from __future__ import annotations
 
@@ -30,6 +32,10 @@ def _ints(text: str) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--paper" in argv:
+        from bench.paper import main as paper_main
+        return paper_main([a for a in argv if a != "--paper"])
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--task", help="only bundles of this task")
@@ -37,8 +43,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="few rounds: checks the suite runs, numbers are noisy")
     ap.add_argument("--threads", type=int, default=1, help="onnxruntime / torch intra-op threads (runtime default 1)")
     ap.add_argument("--out", default="bench/results", help="results folder")
+    ap.add_argument("--runs", default="runs", help="where the bundles' training runs are (manifest source.run is "
+                                                   "a run's name under it), for the PyTorch rows; default runs/")
     ap.add_argument("--backends", default=",".join(BACKENDS))
     ap.add_argument("--batches", default=",".join(map(str, BATCHES)))
+    ap.add_argument("--compile-batches", default="1",
+                    help="batches at which the pytorch-compile peer is timed (default 1: each batch is a separate "
+                         "inductor compile, minutes per module on a small CPU)")
     ap.add_argument("--no-training", action="store_true", help="skip the cINN vs FrEIA training comparison")
     ap.add_argument("--train-threads", type=int, default=1,
                     help="torch threads of the training comparison (default 1: on a shared 2-core machine a second "
@@ -65,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"benchmarking {', '.join(map(str, bundles))}", flush=True)
     results = run_suite(bundles, quick=args.quick, threads=args.threads, batches=_ints(args.batches),
                         backends=backends, training=not args.no_training, rss=not args.no_rss,
-                        train_threads=args.train_threads)
+                        train_threads=args.train_threads, compile_batches=_ints(args.compile_batches),
+                        runs=args.runs)
     paths = write_all(results, args.out)
     print(paths["md"].read_text())
     print("wrote " + ", ".join(str(p) for p in paths.values()))

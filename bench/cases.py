@@ -8,6 +8,8 @@ Backends, each a dict stage -> callable(inputs) that returns numpy like the runt
   pytorch    the trained modules, same weights: the run named by the manifest's `source.run`, rebuilt
              with `load_translator` + `Task.experts(config)` (checkpoint SHA-256 checked against the
              manifest); torch intra-op threads = the runtime's `threads`, inference_mode.
+  pytorch-compile  the same modules under torch.compile (inductor, CPU; bench.compiled), compile time
+             recorded apart from the latency.
   ort-fp32   runtime.Pipeline on onnxruntime, fp32 stages.
   ort-int8   the same with the int8 flow stages (only the calls that touch the flow are measured: the
              other stages are the same fp32 graphs as ort-fp32).
@@ -52,6 +54,9 @@ def open_backend(data: BundleData, backend: str, threads: int = 1) -> dict:
     if backend == "pytorch":
         from bench.eager import torch_calls  # lazy: torch stays out of onnxruntime-only processes
         return torch_calls(data, threads)
+    if backend == "pytorch-compile":
+        from bench.compiled import compiled_calls  # lazy, as eager above
+        return compiled_calls(data, threads)
     if backend == "ort-fp32":
         return pipeline_calls(Pipeline.load(data.dir, backend="onnxruntime", threads=threads), data.stages)
     if backend == "ort-int8":
@@ -67,4 +72,4 @@ def open_backend(data: BundleData, backend: str, threads: int = 1) -> dict:
 
 def precision_of(backend: str) -> str:
     """The graphs' precision a backend runs (PyTorch runs the fp32 math)."""
-    return "fp32" if backend == "pytorch" else backend.split("-")[1]
+    return "fp32" if backend.startswith("pytorch") else backend.split("-")[1]

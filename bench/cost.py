@@ -1,6 +1,7 @@
 """What one call of a stage must move and compute, counted from its ONNX graph at a given batch.
 
-  weight_bytes      initializers and Constant nodes (int8 graphs: int8 weights + scales + zero points)
+  weight_bytes      initializers and Constant nodes (int8 graphs: int8 weights + scales + zero points);
+                    external data (graphs over 2 GB) is sized from the tensors' dims, never loaded
   activation_bytes  graph inputs plus every node output, sizes from shape inference with the batch (and
                     sequence length) fixed: onnxruntime's symbolic shape inference, onnx's own (with data
                     propagation) as fallback; tensors whose shape stays unknown are counted in `unknown`
@@ -8,6 +9,8 @@
                     Conv: 2·N·Cout·Hout·Wout·Cin/groups·kh·kw; ConvTranspose: 2·N·Cin·Hin·Win·Cout/groups·kh·kw
   elementwise_flops every other node: 1 flop per output element (reported, not used in the floor; the
                     bytes of those tensors are in activation_bytes already)
+A DequantizeLinear of a constant weight (static QDQ graphs) is not an activation: onnxruntime fuses it
+into the int8 kernel that reads the int8 weight, so its fp32 output is never materialised.
 All activations are counted as if they went to memory: at small sizes they stay in cache, so the memory
 floor overstates what must reach DRAM and is conservative (a run can beat it).
 """
@@ -80,8 +83,12 @@ def node_flops(node, shapes: dict) -> tuple[int, int]:
     return 0, size
 
 
+def _initializer_bytes(t: onnx.TensorProto) -> int:
+    return int(np.prod(t.dims, dtype=np.int64)) * _itemsize(t.data_type)
+
+
 def _weight_bytes(model: onnx.ModelProto) -> int:
-    total = sum(numpy_helper.to_array(i).nbytes for i in model.graph.initializer)
+    total = sum(_initializer_bytes(i) for i in model.graph.initializer)
     for n in model.graph.node:
         if n.op_type == "Constant" and n.attribute and n.attribute[0].type == onnx.AttributeProto.TENSOR:
             total += numpy_helper.to_array(n.attribute[0].t).nbytes
@@ -91,13 +98,15 @@ def _weight_bytes(model: onnx.ModelProto) -> int:
 @lru_cache(maxsize=256)
 def graph_cost(path: str, batch: int, seq: int | None = None) -> dict:
     """Bytes and flops of one call of the graph at `path` with batch `batch` (and sequence length `seq`)."""
-    model = onnx.load(path)
+    model = onnx.load(path, load_external_data=False)
     weight_bytes = _weight_bytes(model)
+    consts = {i.name for i in model.graph.initializer}
     _fix_dims(model, {"batch": batch, **({"seq": seq} if seq else {})})
     inferred = _infer(model)
     shapes = _shapes(inferred)
     names = [v.name for v in model.graph.input]
-    names += [o for n in inferred.graph.node if n.op_type != "Constant" for o in n.output if o]
+    names += [o for n in inferred.graph.node if n.op_type != "Constant" and not _folded_weight(n, consts)
+              for o in n.output if o]
     act, unknown = 0, 0
     for name in dict.fromkeys(names):
         shape, elem = shapes.get(name, (None, 0))
@@ -112,6 +121,11 @@ def graph_cost(path: str, batch: int, seq: int | None = None) -> dict:
     return {"weight_bytes": weight_bytes, "activation_bytes": int(act), "bytes": weight_bytes + int(act),
             "matmul_flops": int(mm), "elementwise_flops": int(ew), "nodes": len(model.graph.node),
             "unknown": unknown}
+
+
+def _folded_weight(node, consts: set[str]) -> bool:
+    """A DequantizeLinear of an initializer: part of the int8 kernel after onnxruntime's QDQ fusion."""
+    return node.op_type == "DequantizeLinear" and node.input[0] in consts
 
 
 def add_costs(costs: list[dict]) -> dict:
@@ -138,5 +152,8 @@ def optimized_nodes(path: str | Path, threads: int = 1) -> int:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.intra_op_num_threads, so.log_severity_level = threads, 3
         so.optimized_model_filepath = str(Path(tmp) / "opt.onnx")
+        # graphs over 2 GB: the optimised copy must keep its weights outside the protobuf too
+        so.add_session_config_entry("session.optimized_model_external_initializers_file_name", "opt.onnx.data")
+        so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
         ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        return len(onnx.load(so.optimized_model_filepath).graph.node)
+        return len(onnx.load(so.optimized_model_filepath, load_external_data=False).graph.node)

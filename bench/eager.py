@@ -36,23 +36,27 @@ def _rebuild(data: BundleData):
     return model.eval(), experts
 
 
-def torch_calls(data: BundleData, threads: int = 1) -> dict:
-    """stage -> callable(inputs) on the PyTorch modules, `threads` intra-op threads."""
+def torch_calls(data: BundleData, threads: int = 1, wrap=None) -> dict:
+    """stage -> callable(inputs) on the PyTorch modules, `threads` intra-op threads. `wrap(fn)` is applied to
+    each module call (τ, τ⁻¹, the encoders, the decoder) once, e.g. torch.compile (bench.compiled)."""
     model, experts = _rebuild(data)
     torch.set_num_threads(threads)
+    wrap = wrap or (lambda fn: fn)
     enc, dec, src = experts.target_encoder, experts.target_decoder, experts.source_encoder
-    encode_t = _method(enc, "encode") if enc is not None else None
-    decode_t = _method(dec, "decode") if dec is not None else None
+    encode_t = wrap(_method(enc, "encode")) if enc is not None else None
+    decode_t = wrap(_method(dec, "decode")) if dec is not None else None
+    tau, tau_inv = wrap(model), wrap(model.inverse)
+    encode_s = None if src is None else wrap(src) if data.kind == "text" else wrap(_method(src, "encode"))
 
     def cond_of(source) -> torch.Tensor:
         if data.kind == "vector":
             return torch.from_numpy(np.asarray(source, np.float32))
         if data.kind == "text":
-            return src(*src.tokenize(source))
-        return _method(src, "encode")(torch.from_numpy(images_to_model(source)))
+            return encode_s(*src.tokenize(source))
+        return encode_s(torch.from_numpy(images_to_model(source)))
 
     def generate(v: np.ndarray, cond: torch.Tensor):
-        z = model(torch.from_numpy(v), cond)
+        z = tau(torch.from_numpy(v), cond)
         return images_from_model(decode_t(z).numpy()) if decode_t is not None else z.numpy()
 
     def translate(x):
@@ -61,9 +65,9 @@ def torch_calls(data: BundleData, threads: int = 1) -> dict:
         return generate(v, cond)
 
     calls = {"encode_source": lambda x: cond_of(x["source"]).numpy(),
-             "flow_forward": lambda x: model(torch.from_numpy(x["v"]), torch.from_numpy(x["cond"])).numpy(),
-             "flow_inverse": lambda x: tuple(t.numpy() for t in model.inverse(torch.from_numpy(x["z"]),
-                                                                               torch.from_numpy(x["cond"]))),
+             "flow_forward": lambda x: tau(torch.from_numpy(x["v"]), torch.from_numpy(x["cond"])).numpy(),
+             "flow_inverse": lambda x: tuple(t.numpy() for t in tau_inv(torch.from_numpy(x["z"]),
+                                                                         torch.from_numpy(x["cond"]))),
              "encode_target": lambda x: encode_t(torch.from_numpy(images_to_model(x["images"]))).numpy(),
              "decode_target": lambda x: images_from_model(decode_t(torch.from_numpy(x["z"])).numpy()),
              "translate": translate}

@@ -103,13 +103,18 @@ def sgemm_gflops(threads: int, n: int = 1024, repeats: int = 5) -> float:
 
 
 def ort_session(path: str | Path, threads: int = 1):
-    """A CPU session with the runtime's options (ORT_ENABLE_ALL, sequential, `threads` intra-op)."""
+    """A CPU session with the runtime's options (ORT_ENABLE_ALL, sequential, `threads` intra-op, and the
+    optimizers the runtime switches off for int8 graphs, named `*.int8.onnx`)."""
     import onnxruntime as ort
+
+    from runtime.backends import disabled_optimizers
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.inter_op_num_threads, so.intra_op_num_threads, so.log_severity_level = 1, threads, 3
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    precision = "int8" if ".int8." in Path(path).name else "fp32"
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"],
+                                disabled_optimizers=disabled_optimizers(precision))
 
 
 def _matmul_graph(path: Path, n: int) -> None:

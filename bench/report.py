@@ -8,7 +8,8 @@ from pathlib import Path
 
 from bench.cases import STAGES
 
-STYLE = {"pytorch": ("tab:red", "o"), "ort-fp32": ("tab:blue", "s"), "ort-int8": ("tab:green", "^"),
+STYLE = {"pytorch": ("tab:red", "o"), "pytorch-compile": ("tab:brown", "P"), "ort-fp32": ("tab:blue", "s"),
+         "ort-int8": ("tab:green", "^"),
          "trt-fp32": ("tab:purple", "D"), "trt-fp16": ("tab:orange", "v")}
 
 
@@ -64,6 +65,11 @@ def bundle_table(name: str, b: dict) -> list[str]:
     """Markdown lines of one bundle: skipped backends, the stage x batch x backend table, diagnostics, int8."""
     lines = [f"## {name} ({b['source_kind']} source, `{b['path']}`)", ""]
     lines += [f"- {k}: skipped — {v}" for k, v in b["skipped"].items()]
+    for backend, info in b.get("backend_info", {}).items():
+        if info.get("compile_s"):
+            lines.append(f"- {backend} compile time (first call of each stage at each batch, excluded from the "
+                         f"latency): " + "; ".join(f"{st} " + ", ".join(f"b{n} {t:.1f} s" for n, t in by.items())
+                                                   for st, by in info["compile_s"].items()))
     m = b["measurement"]
     lines += [f"- measured interleaved: {m['rounds']} rounds in {m['seconds']:.0f} s, halves agree within "
               f"tolerance: {m['converged']}; load average before / after: {m['load_average']}", "",

@@ -11,6 +11,7 @@ Then the training comparison (bench.training) and the verdict on each target (be
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 from bench import machine
 from bench.cases import BACKENDS, BundleData, Skip, open_backend, precision_of
@@ -120,18 +121,21 @@ def _row(case: Case, data: BundleData, fl: dict, threads: int) -> dict:
 
 
 def bench_bundle(data: BundleData, fl: dict, batches=BATCHES, backends=BACKENDS, threads: int = 1,
-                 plan: Plan | None = None, rss: bool = True) -> dict:
+                 plan: Plan | None = None, rss: bool = True, compile_batches=(1,)) -> dict:
     """Everything measured on one bundle (see the module docstring)."""
     load = [machine.load_average()]
     opened, skipped = open_all(data, backends, threads)
+    if "pytorch-compile" in opened and rss:
+        skipped["pytorch-compile peak RSS"] = "not measured: a fresh process would compile every graph again"
     cases = [Case((b, s, n), functools.partial(fn, data.inputs(s, n)), n)
-             for b, calls in opened.items() for s, fn in calls.items() for n in batches]
+             for b, calls in opened.items() for s, fn in calls.items() for n in batches
+             if b != "pytorch-compile" or n in compile_batches]
     diag = diagnostic_cases(data, threads)
     run = measure(cases + diag, plan or Plan())
     run["load_average"] = load + [machine.load_average()]
     rows = [_row(c, data, fl, threads) for c in cases]
     if rss:
-        for b in opened:
+        for b in (b for b in opened if b != "pytorch-compile"):
             peak = peak_rss(str(data.dir.resolve()), b, list(batches), threads)
             for row in rows:
                 if row["backend"] == b:
@@ -141,6 +145,7 @@ def bench_bundle(data: BundleData, fl: dict, batches=BATCHES, backends=BACKENDS,
                 skipped[f"{b} peak RSS"] = peak["error"]
     return {"path": str(data.dir), "task": data.manifest["task"], "source_kind": data.kind,
             "stages": data.stages, "threads": threads, "skipped": skipped, "measurement": run, "rows": rows,
+            "backend_info": {b: calls.info for b, calls in opened.items() if hasattr(calls, "info")},
             "diagnostics": {c.key[1]: summary(c) for c in diag}, "flow_graphs": flow_graph_facts(data, threads),
             "int8_accuracy": int8_accuracy(data, batches)}
 
@@ -158,19 +163,21 @@ def training_comparison(quick: bool, threads: int = 1) -> dict:
 
 
 def run_suite(bundle_dirs, quick: bool = False, threads: int = 1, batches=BATCHES, backends=BACKENDS,
-              training: bool = True, rss: bool = True, train_threads: int = 1) -> dict:
+              training: bool = True, rss: bool = True, train_threads: int = 1, compile_batches=(1,),
+              runs: str | Path = "runs") -> dict:
     """The whole suite on `bundle_dirs`; the results dict `bench.report` writes."""
     results = {**machine.host_info(), "load_average_start": machine.load_average(),
                "settings": {"quick": quick, "threads": threads, "batches": list(batches),
                             "backends": list(backends), "train_threads": train_threads,
+                            "compile_batches": list(compile_batches),
                             "plan": vars(QUICK if quick else Plan())}}
     results["floors"] = machine.floors(quick)
     results["bundles"] = {}
     for d in bundle_dirs:
-        data = BundleData(d)
+        data = BundleData(d, runs)
         name = data.name if data.name not in results["bundles"] else f"{data.name}@{data.dir}"
         results["bundles"][name] = bench_bundle(data, results["floors"], batches, backends, threads,
-                                                QUICK if quick else Plan(), rss)
+                                                QUICK if quick else Plan(), rss, compile_batches)
     results["training"] = training_comparison(quick, train_threads) if training else None
     results["targets"] = evaluate_targets(results)
     results["load_average_end"] = machine.load_average()

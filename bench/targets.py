@@ -4,6 +4,7 @@
   (b) int8 flow at batch 1: >= 2.8 x faster than fp32, round trip <= 1e-5, NLL drift <= 1 % (both on the
       validation pairs through the Pipeline, worst over calls of each bench batch)
   (c) translate end to end at batch 1: the runtime (onnxruntime fp32) >= 2 x faster than PyTorch eager
+  (d) the same >= 1.2 x faster than the same modules under torch.compile (inductor, CPU)
 
 Each verdict is {target, bundle, what, measured, threshold, pass, missed_by, detail}: `pass` is None
 when it could not be measured (detail says why); `missed_by` is how far off a miss is, as a factor;
@@ -12,6 +13,8 @@ when it could not be measured (detail says why); `missed_by` is how far off a mi
 from __future__ import annotations
 
 FLOW_FLOOR_MAX, INT8_SPEEDUP_MIN, ROUNDTRIP_MAX, DRIFT_REL_MAX, E2E_SPEEDUP_MIN = 1.1, 2.8, 1e-5, 0.01, 2.0
+COMPILE_SPEEDUP_MIN = 1.2
+SPLIT = ("encode_source", "flow_forward", "decode_target")    # the stages a translate call runs
 CHAIN = 100                    # Add nodes of bench.suite's kernel-overhead graph
 
 
@@ -114,17 +117,34 @@ def _int8(name: str, b: dict) -> list[dict]:
     return out
 
 
-def _e2e(name: str, b: dict) -> dict:
-    what = "translate batch 1 speed-up runtime (ort-fp32) vs PyTorch eager"
-    rt, pt = row_of(b["rows"], "ort-fp32", "translate"), row_of(b["rows"], "pytorch", "translate")
+def stage_split(b: dict, peer: str) -> str:
+    """Where a batch-1 translate spends its time, per stage: runtime vs `peer` (ms), each against the stage's
+    floor, and which stage decides the ratio."""
+    parts = []
+    for stage in SPLIT:
+        rt, pt = row_of(b["rows"], "ort-fp32", stage), row_of(b["rows"], peer, stage)
+        if rt is None or pt is None:
+            continue
+        fl = rt["floor"]["ms"]
+        ratio = pt["median_ms"] / rt["median_ms"]
+        parts.append(f"{stage} {rt['median_ms']:.3f} vs {pt['median_ms']:.3f} ms ({ratio:.2f}x; floor {fl:.3f} ms, "
+                     f"runtime {rt['median_ms'] / fl:.1f}x / {peer} {pt['median_ms'] / fl:.1f}x it)")
+    return "per stage, runtime vs " + peer + ": " + "; ".join(parts) if parts else ""
+
+
+def _e2e(name: str, b: dict, target: str = "c", peer: str = "pytorch", threshold: float = E2E_SPEEDUP_MIN) -> dict:
+    label = "PyTorch eager" if peer == "pytorch" else "torch.compile (inductor, CPU)"
+    what = f"translate batch 1 speed-up runtime (ort-fp32) vs {label}"
+    rt, pt = row_of(b["rows"], "ort-fp32", "translate"), row_of(b["rows"], peer, "translate")
     if rt is None or pt is None:
-        why = b["skipped"].get("pytorch") or b["skipped"].get("ort-fp32") or "not measured"
-        return _verdict("c", name, what, None, E2E_SPEEDUP_MIN, False, why)
+        why = b["skipped"].get(peer) or b["skipped"].get("ort-fp32") or "not measured"
+        return _verdict(target, name, what, None, threshold, False, why)
     fl = rt["floor"]["ms"]
-    detail = (f"PyTorch {pt['median_ms']:.3f} ms ({pt['median_ms'] / fl:.1f}x the floor) vs runtime "
+    detail = (f"{label} {pt['median_ms']:.3f} ms ({pt['median_ms'] / fl:.1f}x the floor) vs runtime "
               f"{rt['median_ms']:.3f} ms ({rt['median_ms'] / fl:.1f}x the floor of {_us(fl)}): where both spend "
-              f"their time in the same large kernels the ratio is bounded by PyTorch's own distance from the floor")
-    return _verdict("c", name, what, pt["median_ms"] / rt["median_ms"], E2E_SPEEDUP_MIN, False, detail)
+              f"their time in the same large kernels the ratio is bounded by the peer's own distance from the floor; "
+              + stage_split(b, peer))
+    return _verdict(target, name, what, pt["median_ms"] / rt["median_ms"], threshold, False, detail)
 
 
 def evaluate_targets(results: dict) -> list[dict]:
@@ -133,4 +153,6 @@ def evaluate_targets(results: dict) -> list[dict]:
     out = []
     for name, b in results["bundles"].items():
         out += _flow_floor(name, b, bw) + _int8(name, b) + [_e2e(name, b)]
+        if "pytorch-compile" in results["settings"]["backends"]:
+            out.append(_e2e(name, b, "d", "pytorch-compile", COMPILE_SPEEDUP_MIN))
     return out

@@ -15,7 +15,7 @@ STAGES = ("encode_source", "flow_forward", "flow_inverse", "encode_target", "dec
 ROLE = {"encode_source": "source_encoder", "flow_forward": "flow_forward", "flow_inverse": "flow_inverse",
         "encode_target": "target_encoder", "decode_target": "target_decoder"}
 FLOW_STAGES = ("flow_forward", "flow_inverse", "translate")
-BACKENDS = ("pytorch", "ort-fp32", "ort-int8", "trt-fp32", "trt-fp16")
+BACKENDS = ("pytorch", "pytorch-compile", "ort-fp32", "ort-int8", "trt-fp32", "trt-fp16")
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -38,8 +38,8 @@ def discover(bundles: list[str] | None = None, task: str | None = None, root: st
 class BundleData:
     """A bundle's manifest, validation arrays, stage list, inputs per batch and graph files."""
 
-    def __init__(self, bundle_dir: str | Path):
-        self.dir = Path(bundle_dir)
+    def __init__(self, bundle_dir: str | Path, runs: str | Path = "runs"):
+        self.dir, self.runs = Path(bundle_dir), Path(runs)       # runs: where manifest source.run is found
         self.manifest = read_manifest(self.dir)
         self.kind = self.manifest["source_kind"]
         files = [Path(f) for f in self.manifest["validation"]["files"]]
@@ -105,9 +105,12 @@ def checkpoint_of(data: BundleData) -> Path:
     run = source.get("run")
     if not run:
         raise Skip("the manifest names no training run (stand-in bundle), so there are no PyTorch weights")
-    path = next((p for p in (Path(run), REPO / run) if (p / "checkpoint.safetensors").is_file()), None)
+    # source.run is the run's name under a runs folder (older bundles: a path)
+    path = next((p for p in (data.runs / run, REPO / "runs" / run, Path(run), REPO / run)
+                 if (p / "checkpoint.safetensors").is_file()), None)
     if path is None:
-        raise Skip(f"the bundle's training run {run} (manifest source.run) is not on this machine")
+        raise Skip(f"the bundle's training run {run} (manifest source.run) is not under {data.runs} on this "
+                   f"machine; pass --runs DIR")
     if source.get("checkpoint_sha256") and sha256_file(path / "checkpoint.safetensors") != source["checkpoint_sha256"]:
         raise Skip(f"{path}/checkpoint.safetensors changed since the export (SHA-256 differs from the manifest)")
     return path

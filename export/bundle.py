@@ -1,8 +1,10 @@
 """Everything about a bundle that needs no torch, shared by `export.onnx` and `export.trt` (whose
 `--bundle` path runs on machines without a training stack):
 
-  manifest writing   stage entries read from the ONNX graphs themselves, SHA-256 of every file,
-                     validation against the runtime's schema, atomic writes;
+  manifest writing   stage entries read from the ONNX graphs themselves, SHA-256 of every file
+                     (a graph's external-data file too), validation against the runtime's schema, atomic writes;
+  graph saving       `save_graph`: one file, or graph + `<file>.data` when the weights pass protobuf's 2 GB
+                     limit (paper-size flows), so every writer of a bundle handles both;
   int8 helpers       Gemm -> MatMul + Add (the form the quantizers handle), a latency probe (the int8
                      flow graphs themselves: export.quantize);
   fp16 graphs        `to_fp16`, an allow-list converter (fp32 I/O, fp16 inside where it is safe).
@@ -37,12 +39,52 @@ def _tensor_spec(value: onnx.ValueInfoProto) -> dict:
     return {"name": value.name, "shape": shape, "dtype": DTYPES[t.elem_type]}
 
 
+# protobuf cannot serialise a message over 2 GiB; stay well below it (the graph itself adds a little)
+EXTERNAL_DATA_BYTES = 1_800_000_000
+
+
+def tensor_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of the initializers held inside `model` (loaded external data included)."""
+    return sum(len(t.raw_data) or numpy_helper.to_array(t).nbytes
+               for t in model.graph.initializer if t.data_location != onnx.TensorProto.EXTERNAL)
+
+
+def save_graph(model: onnx.ModelProto, path: str | Path, external: bool | None = None) -> None:
+    """Save `model` to `path`; with `external` (default: when its weights pass EXTERNAL_DATA_BYTES) every
+    initializer over 1 KB goes to one file `<name>.data` beside it, which onnxruntime reads from there."""
+    path = Path(path)
+    data = path.with_name(path.name + ".data")
+    data.unlink(missing_ok=True)                 # onnx appends to an existing data file
+    if external is None:
+        external = tensor_bytes(model) > EXTERNAL_DATA_BYTES
+    if external:
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data.name, size_threshold=1024)
+        data.chmod(0o644)                        # readable like the graph beside it
+    else:
+        onnx.save_model(model, str(path))
+
+
+def external_files(path: str | Path) -> list[str]:
+    """The external-data files a graph names, relative to its folder (empty for a self-contained graph)."""
+    model = onnx.load(str(path), load_external_data=False)
+    found = set()
+    for t in model.graph.initializer:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            found.add(next(e.value for e in t.external_data if e.key == "location"))
+    return sorted(found)
+
+
 def stage_entry(bundle_dir: str | Path, file: str, role: str, precision: str) -> dict:
-    """A manifest stage entry; I/O names, shapes and dtypes (and the exporter used) come from the graph."""
+    """A manifest stage entry; I/O names, shapes and dtypes (and the exporter used) come from the graph;
+    its external-data files (if any) are listed with their SHA-256 so the runtime verifies them too."""
     model = onnx.load(str(Path(bundle_dir) / file), load_external_data=False)
     entry = {"file": file, "role": role, "precision": precision,
              "inputs": [_tensor_spec(v) for v in model.graph.input],
              "outputs": [_tensor_spec(v) for v in model.graph.output], "sha256": sha256_file(Path(bundle_dir) / file)}
+    external = [str(Path(file).parent / f) for f in external_files(Path(bundle_dir) / file)]
+    if external:
+        entry["external_data"] = hash_tree(bundle_dir, external)
     entry.update({p.key: p.value for p in model.metadata_props if p.key == "exporter"})
     return entry
 
@@ -55,6 +97,8 @@ def rehash(bundle_dir: str | Path, manifest: dict) -> dict:
     """Recompute every SHA-256 the manifest records from the files on disk."""
     for entry in manifest["stages"].values():
         entry["sha256"] = sha256_file(Path(bundle_dir) / entry["file"])
+        if entry.get("external_data"):
+            entry["external_data"] = hash_tree(bundle_dir, list(entry["external_data"]))
     for section in ("tokenizer", "validation"):
         if section in manifest:
             manifest[section]["files"] = hash_tree(bundle_dir, list(manifest[section]["files"]))
@@ -66,7 +110,7 @@ def rehash(bundle_dir: str | Path, manifest: dict) -> dict:
 def write_manifest(bundle_dir: str | Path, manifest: dict) -> dict:
     """Rehash, validate against the runtime's schema, and write manifest.json atomically."""
     manifest = rehash(bundle_dir, manifest)
-    validate_manifest(manifest)
+    validate_manifest(manifest, writing=True)
     path = Path(bundle_dir) / MANIFEST
     fd, tmp = tempfile.mkstemp(dir=bundle_dir, prefix=".manifest.", suffix=".tmp")
     try:

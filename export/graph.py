@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import onnx
 import torch
 import torch.nn as nn
 
-from export.bundle import session
+from export.bundle import save_graph, session
 from runtime.manifest import max_rel
 from train.core.common import UserError
 from train.core.flow import ConditionalINN
@@ -84,34 +85,40 @@ def export_graph(module: nn.Module, args: tuple, path: Path, inputs, outputs, op
     """torch.onnx.export in eval mode, every I/O with a dynamic batch axis: the TorchScript exporter
     first (predictable for these graphs); if it cannot express the module (e.g. a `view(len(z), -1, ...)`
     before a BatchNorm) or its graph is wrong at another batch size, the torch.export-based one. Then
-    onnx.checker with full shape inference. The graph's metadata `exporter` says which one wrote it."""
+    onnx.checker with full shape inference. The graph's metadata `exporter` says which one wrote it.
+    Weights over protobuf's 2 GB limit go to one `<file>.data` beside the graph (`save_graph`); the
+    exporters write them as one file per tensor, so they export into a scratch folder first."""
     dynamic = {n: {0: "batch", 1: "seq"} if n in seq_inputs else {0: "batch"} for n in (*inputs, *outputs)}
     common = dict(input_names=list(inputs), output_names=list(outputs), dynamic_axes=dynamic, opset_version=opset)
     module = module.eval()
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)   # shape-derived ints; parity checks below
-        warnings.simplefilter("ignore", DeprecationWarning)        # "legacy TorchScript-based exporter"
-        warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.onnx")   # notes; parity decides
-        warnings.filterwarnings("ignore", message=".*dynamic_axes.*")
-        try:
-            with _quiet_stdout():              # on failure it prints its whole IR graph (from C++)
-                torch.onnx.export(module, args, str(path), dynamo=False, **common)
-            problem = None if _other_batch_ok(path, module, args, inputs) else "its graph fails at another batch size"
-        except RuntimeError as e:
-            problem = str(e).splitlines()[0][:120]
-        used = "torchscript"
-        if problem:
-            print(f"note: {path.name}: TorchScript exporter: {problem}; using the dynamo exporter")
-            torch.onnx.export(module, args, str(path), dynamo=True, external_data=False, verbose=False, **common)
-            used = "dynamo"
-        ref = module(*args)
-    model = onnx.load(str(path))
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as scratch:
+        raw = Path(scratch) / path.name
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)   # shape-derived ints; parity checks below
+            warnings.simplefilter("ignore", DeprecationWarning)        # "legacy TorchScript-based exporter"
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.onnx")   # notes; parity decides
+            warnings.filterwarnings("ignore", message=".*dynamic_axes.*")
+            try:
+                with _quiet_stdout():              # on failure it prints its whole IR graph (from C++)
+                    torch.onnx.export(module, args, str(raw), dynamo=False, **common)
+                ok = _other_batch_ok(raw, module, args, inputs)
+                problem = None if ok else "its graph fails at another batch size"
+            except RuntimeError as e:
+                problem = str(e).splitlines()[0][:120]
+            used = "torchscript"
+            if problem:
+                print(f"note: {path.name}: TorchScript exporter: {problem}; using the dynamo exporter")
+                torch.onnx.export(module, args, str(raw), dynamo=True, external_data=False, verbose=False, **common)
+                used = "dynamo"
+            ref = module(*args)
+        model = onnx.load(str(raw))                 # pulls in any external data the exporter wrote
     for value, r in zip(model.graph.output, ref if isinstance(ref, tuple) else (ref,)):
         for dim, size in zip(value.type.tensor_type.shape.dim[1:], r.shape[1:]):
             dim.dim_value = int(size)       # the exporter leaves some static output dims symbolic
     onnx.helper.set_model_props(model, {"exporter": used})
-    onnx.checker.check_model(model, full_check=True)
-    onnx.save(model, str(path))
+    save_graph(model, path)
+    del model
+    onnx.checker.check_model(str(path), full_check=True)     # by path: works past protobuf's 2 GB limit
 
 
 def check_parity(path: Path, module: nn.Module, feeds: dict[str, dict[str, np.ndarray]]) -> dict[str, float]:

@@ -17,7 +17,9 @@ the input image's own attributes must be given with --attributes-json (the runti
 attribute classifier); --set changes some of them. check exits 1 when a tolerance is missed.
 serve runs every bundle under ENGINES_DIR on Triton Inference Server (PyTriton, `pip install '.[serve]'`)
 until SIGINT/SIGTERM; models, inputs and outputs are in runtime/serve.py and docs/deploy.md.
-Errors: one line on stderr, exit code 2.
+Errors: one line on stderr, exit code 2 (bad input, a bundle that fails its checks, and anything
+unexpected, which the line says is unexpected); arguments must be valid UTF-8.
+See docs/failure-behaviour.md.
 """
 from __future__ import annotations
 
@@ -44,11 +46,16 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _json_arg(value: str):
-    text = Path(value).read_text() if Path(value).is_file() else value
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise CliError(f"not valid JSON (nor a file): {e}") from None
+        is_file = Path(value).is_file()
+    except (OSError, ValueError):              # far too long, or a NUL: it is JSON text, not a path
+        is_file = False
+    try:
+        return json.loads(Path(value).read_bytes().decode("utf-8") if is_file else value)
+    except UnicodeDecodeError as e:
+        raise CliError(f"{value} is not UTF-8 text: {e}") from None
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise CliError(f"not valid JSON (nor a file): {str(e)[:200]}") from None
 
 
 def _vector(item, names: list[str] | None, what: str) -> list[float]:
@@ -59,20 +66,37 @@ def _vector(item, names: list[str] | None, what: str) -> list[float]:
     unknown, missing = sorted(set(item) - set(names)), [n for n in names if n not in item]
     if unknown or missing:
         raise CliError(f"{what}: unknown attributes {unknown}, missing {missing} (attributes: {', '.join(names)})")
+    bad = [n for n in names if isinstance(item[n], bool) or not isinstance(item[n], (int, float))]
+    if bad:
+        raise CliError(f"{what}: attribute '{bad[0]}' must be a number, got {item[bad[0]]!r}")
     return [float(item[n]) for n in names]
 
 
-def _load_image(path: str) -> np.ndarray:
+IMAGE_MODES = {1: "L", 3: "RGB"}
+
+
+def _load_image(path: str, channels: int = 3) -> np.ndarray:
+    """The image as uint8 (H, W, C); a file of another colour mode is refused, not converted."""
     from PIL import Image
-    with Image.open(path) as im:
-        return np.asarray(im)
+    try:
+        with Image.open(path) as im:
+            if im.mode != IMAGE_MODES.get(channels):
+                raise CliError(f"{path} is a {im.mode} image; this bundle needs {channels}-channel "
+                               f"{IMAGE_MODES.get(channels, '')} images (convert it first)")
+            x = np.asarray(im)
+    except Image.DecompressionBombError as e:
+        raise CliError(f"{path}: {e}") from None
+    return x if x.ndim == 3 else x[..., None]
 
 
 def _save_grid(images: np.ndarray, rows: int, path: str) -> None:
     from PIL import Image
     n, h, w, c = images.shape
     grid = images.reshape(rows, n // rows, h, w, c).transpose(0, 2, 1, 3, 4).reshape(rows * h, n // rows * w, c)
-    Image.fromarray(grid.squeeze(-1) if c == 1 else grid).save(path)
+    try:
+        Image.fromarray(grid.squeeze(-1) if c == 1 else grid).save(path)
+    except (ValueError, KeyError) as e:        # PIL: unknown extension / format
+        raise CliError(f"cannot write {path} ({e}); give a .png file") from None
 
 
 def _open(args) -> Pipeline:
@@ -89,12 +113,18 @@ def cmd_translate(args) -> int:
     elif p.source_kind == "image":
         if not args.image:
             raise CliError("this bundle translates images: give --image FILE (repeatable)")
-        source = np.stack([_load_image(f) for f in args.image])
+        images = [_load_image(f, p.manifest["source_image"]["channels"]) for f in args.image]
+        if len({x.shape for x in images}) > 1:
+            raise CliError(f"the --image files differ in size ({', '.join(str(x.shape) for x in images)})")
+        source = np.stack(images)
     else:
         if args.texts or not args.source_json:
             raise CliError("this bundle takes condition vectors: give --source-json (a JSON list, or a file)")
         items = _json_arg(args.source_json)
-        source = [_vector(it, p.attribute_names, "--source-json") for it in (items if isinstance(items, list) else [])]
+        if not isinstance(items, list):
+            raise CliError(f"--source-json must be a JSON list (one vector or {{attribute: value}} object per "
+                           f"source), got a {type(items).__name__}; wrap it in [ ]")
+        source = [_vector(it, p.attribute_names, "--source-json") for it in items]
     out = p.translate(source, num_samples=args.num_samples, seed=args.seed, temperature=args.temperature)
     if p.has_decoder:
         if not args.out:
@@ -126,7 +156,7 @@ def cmd_edit(args) -> int:
             new[0, p.attribute_names.index(name)] = float(value)
         except ValueError:
             raise CliError(f"--set {item}: value must be a number") from None
-    edited = p.transfer(_load_image(args.image)[None], source, new)
+    edited = p.transfer(_load_image(args.image, p.image_shape[2])[None], source, new)
     _save_grid(edited, 1, args.out)
     print(f"wrote {args.out}")
     return 0
@@ -241,16 +271,41 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _check_utf8(argv: list[str]) -> None:
+    """Python decodes undecodable argv bytes to lone surrogates; refuse them here, by position."""
+    for i, arg in enumerate(argv):
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError as e:
+            code = ord(arg[e.start])
+            byte = f" (byte 0x{code - 0xDC00:02x})" if 0xDC80 <= code <= 0xDCFF else ""
+            raise CliError(f"argument {i + 1} ({arg[:e.start][:40]!r}...) is not valid UTF-8{byte}; "
+                           f"pass UTF-8 text and paths") from None
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     commands = {"translate": cmd_translate, "edit": cmd_edit, "check": cmd_check, "info": cmd_info,
                 "serve": cmd_serve, "app": app_cmd.run}
+    argv = sys.argv[1:] if argv is None else argv
     with warnings.catch_warnings():
         warnings.showwarning = lambda msg, *a, **k: print(f"warning: {msg}", file=sys.stderr)
         try:
+            _check_utf8(argv)
             args = build_parser().parse_args(argv)
             return commands[args.command](args)
         except (CliError, PipelineError, OSError) as e:
-            print(f"error: {e}", file=sys.stderr)
+            print(f"error: {_one_line(e)}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+        except Exception as e:                   # still one line: a traceback helps no user of the CLI
+            print(f"error: unexpected {type(e).__name__}: {_one_line(e)[:500]} (please report this with the "
+                  f"command that caused it)", file=sys.stderr)
             return 2
 
 

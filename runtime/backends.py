@@ -27,7 +27,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from runtime.manifest import PipelineError
+from runtime.manifest import PipelineError, check_graph_io
 
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 # int8 (QDQ) graphs: onnxruntime's MatMul+Add -> Gemm fusion runs before its QDQ fusions and leaves
@@ -68,9 +68,7 @@ class OrtBackend:
         so.inter_op_num_threads = 1
         so.intra_op_num_threads = threads
         so.log_severity_level = 3
-        self.sessions = {role: ort.InferenceSession(str(Path(bundle_dir) / st["file"]), so, providers=providers,
-                                                    disabled_optimizers=disabled_optimizers(st["precision"]))
-                         for role, st in stages.items()}
+        self.sessions = {role: _open_session(ort, Path(bundle_dir), st, so, providers) for role, st in stages.items()}
         self.providers = next(iter(self.sessions.values())).get_providers()
         self._device = ("cuda", device) if self.providers[0] in GPU_PROVIDERS else ("cpu", 0)
         # output name -> (dtype, shape after the batch dim), or None where that shape is not static
@@ -109,9 +107,25 @@ class OrtBackend:
                 binding.bind_output(name, *self._device)
             else:
                 binding.bind_output(name, *self._device, spec[0], [rows, *spec[1]], buf.data_ptr())
-        sess.run_with_iobinding(binding)
+        try:
+            sess.run_with_iobinding(binding)
+        except Exception as e:       # a graph that loaded but cannot run these inputs: onnxruntime's own types
+            raise PipelineError(f"stage {role} failed in onnxruntime: {' '.join(str(e).split())[:300]}") from None
         values = binding.copy_outputs_to_cpu() if host else binding.get_outputs()
         return dict(zip(self._outputs[role], values))
+
+
+def _open_session(ort, bundle_dir: Path, stage: dict, options, providers):
+    """An InferenceSession whose graph has exactly the inputs and outputs the manifest promises."""
+    try:
+        sess = ort.InferenceSession(str(bundle_dir / stage["file"]), options, providers=providers,
+                                    disabled_optimizers=disabled_optimizers(stage["precision"]))
+    except Exception as e:        # onnxruntime's errors (InvalidProtobuf, Fail, ...) share no useful base class
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise PipelineError(f"{stage['file']} is not a graph onnxruntime can load ({reason[:200]}); "
+                            f"re-export the bundle") from None
+    check_graph_io(stage, sess.get_inputs(), sess.get_outputs())
+    return sess
 
 
 _ONNX_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,

@@ -24,12 +24,15 @@ Batches: split at `max_batch` (the TensorRT profile's max, or the `max_batch` gi
 onnxruntime); chained stages (Θ -> τ⁻¹, τ -> Λ) pass device values, so on a GPU the intermediates
 never leave it. Threads: one Pipeline may be shared; see runtime.backends for the locking. Every
 input problem raises `PipelineError` (a ValueError) with one clear message.
+
+Limits (checked before anything is allocated; `Pipeline.load(max_samples=..., max_text_length=...)`):
+one call makes at most `max_samples` rows (sources x num_samples; default MAX_SAMPLES) and takes texts
+of at most `max_text_length` characters (default MAX_TEXT_LENGTH). docs/failure-behaviour.md lists
+everything that is refused.
 """
 from __future__ import annotations
 
-import json
 import threading
-import time
 import warnings
 from pathlib import Path
 
@@ -40,6 +43,7 @@ from runtime.inputs import (  # noqa: F401  (images_*: re-exported, callers impo
     as_float_batch,
     check_count,
     check_images,
+    check_rows,
     check_temperature,
     check_texts,
     images_from_model,
@@ -49,34 +53,24 @@ from runtime.inputs import (  # noqa: F401  (images_*: re-exported, callers impo
 from runtime.manifest import (
     FUSED_ROLES,
     PipelineError,
-    batch_dependence,
-    fused_feeds,
-    l2_rel,
-    max_rel,
-    nll_per_dim,
     read_manifest,
     select_stages,
     verify_files,
 )
+from runtime.selfcheck import SelfCheck
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt")
-# what `check` accepts, by stage precision: max |a-b| / max |b| against the PyTorch outputs (None:
-# reported, not judged), flow round trip ‖τ(τ⁻¹(z)) - z‖ / ‖z‖, |NLL drift| in nats/dim (absolute), and
-# batch dependence (max |Δv| of a row alone vs in batches of 8 and 64; fp16 engines may pick kernels by
-# batch size, so there it is reported, not judged)
-CHECK_TOLERANCES = {"fp32": (1e-4, 1e-5, 1e-3, 1e-5), "fp16": (5e-2, 1e-3, 5e-2, None),
-                    "int8": (None, 1e-4, 3e-3, 1e-5)}
-# fused graph vs the chained stages (max |a-b| / max |b|): int8 may flip a rounding step at a stage boundary
-FUSED_TOLERANCES = {"fp32": 1e-4, "fp16": 5e-2, "int8": 1e-2}
-
-
-class Pipeline:
+# one call's work: 1024 rows of 256x256 RGB are 200 MB of output, a few seconds of GPU; raise per Pipeline
+MAX_SAMPLES = 1024
+MAX_TEXT_LENGTH = 2000            # characters; the encoder reads at most max_tokens (16-512) tokens anyway
+class Pipeline(SelfCheck):
     """Load with `Pipeline.load`; see the module docstring for the calls and conventions."""
 
-    def __init__(self, bundle_dir: Path, manifest: dict, backend, stages: dict[str, str], max_batch: int):
+    def __init__(self, bundle_dir: Path, manifest: dict, backend, stages: dict[str, str], max_batch: int,
+                 max_samples: int = MAX_SAMPLES, max_text_length: int = MAX_TEXT_LENGTH):
         self.bundle_dir, self.manifest, self.backend, self.stages = bundle_dir, manifest, backend, stages
         self.precisions = {role: manifest["stages"][name]["precision"] for role, name in stages.items()}
-        self.max_batch = max_batch
+        self.max_batch, self.max_samples, self.max_text_length = max_batch, max_samples, max_text_length
         self.source_kind = manifest["source_kind"]
         self.latent_dim = int(manifest["latent_dim"])
         self.cond_shape = tuple(manifest["cond_shape"])
@@ -86,17 +80,22 @@ class Pipeline:
 
     @classmethod
     def load(cls, bundle_dir: str | Path, backend: str = "auto", device: int = 0, providers=None,
-             precision: str = "fp32", max_batch: int = 64, threads: int = 1, fused: bool = True) -> "Pipeline":
+             precision: str = "fp32", max_batch: int = 64, threads: int = 1, fused: bool = True,
+             max_samples: int = MAX_SAMPLES, max_text_length: int = MAX_TEXT_LENGTH) -> "Pipeline":
         """Read and validate the manifest, verify every file's SHA-256, open the stages.
 
         backend: "auto" (TensorRT plans when they exist and match this machine's TensorRT version and
         GPU, else onnxruntime), "onnxruntime" or "tensorrt". precision: "fp32", "int8" (flow stages)
         or "fp16". max_batch: split size for onnxruntime (TensorRT uses its profile's max).
         threads: onnxruntime intra-op threads (1 by default: lowest batch-1 latency on a busy CPU).
-        fused: use the bundle's fused translate/transfer graphs where it has them (False: always chain)."""
+        fused: use the bundle's fused translate/transfer graphs where it has them (False: always chain).
+
+        max_samples: most rows one call may make or take (sources x num_samples); max_text_length:
+        most characters per text. Both are checked before anything is allocated."""
         if backend not in BACKENDS:
             raise PipelineError(f"unknown backend '{backend}'; choose one of {', '.join(BACKENDS)}")
-        for name, value in (("max_batch", max_batch), ("threads", threads)):
+        for name, value in (("max_batch", max_batch), ("threads", threads), ("max_samples", max_samples),
+                            ("max_text_length", max_text_length)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise PipelineError(f"{name} must be a positive integer, got {value!r}")
         bundle_dir = Path(bundle_dir)
@@ -118,7 +117,8 @@ class Pipeline:
         if engine is None:
             engine = OrtBackend(bundle_dir, {r: manifest["stages"][n] for r, n in stages.items()}, providers,
                                 device, threads, buffer_rows=max_batch)
-        return cls(bundle_dir, manifest, engine, stages, min(max_batch, engine.max_batch or max_batch))
+        return cls(bundle_dir, manifest, engine, stages, min(max_batch, engine.max_batch or max_batch),
+                   max_samples=max_samples, max_text_length=max_text_length)
 
     # ---- properties of the bundle -------------------------------------------------------------
     @property
@@ -143,20 +143,23 @@ class Pipeline:
 
     def _translate(self, source, num_samples, seed, temperature, fused: bool):
         s, t = check_count(num_samples), check_temperature(temperature)
+        check_rows(s, self.max_samples, "num_samples")
         rng = seeded_rng(seed)
         # the text encoder runs one row per call (see encode_source), so a fused graph only for a single text
-        one_row = self.source_kind != "text" or len(check_texts(source)) == 1
-        if fused and s == 1 and one_row and "translate" in self.stages:
+        if fused and s == 1 and "translate" in self.stages and (
+                self.source_kind != "text" or len(check_texts(source, self.max_samples, self.max_text_length)) == 1):
             return self._translate_fused(source, lambda n: rng.standard_normal((n, self.latent_dim),
                                                                                dtype=np.float32) * np.float32(t))
-        cond = np.repeat(self.encode_source(source), s, axis=0)
+        cond = self.encode_source(source)
+        check_rows(len(cond) * s, self.max_samples, f"{len(cond)} source(s) x {s} samples")
+        cond = np.repeat(cond, s, axis=0)
         v = rng.standard_normal((len(cond), self.latent_dim), dtype=np.float32) * np.float32(t)
         return self._generate(v, cond)
 
     def _translate_fused(self, source, draw) -> np.ndarray:
         """Φ -> τ -> Λ as one graph call per chunk; `draw(n)` gives v for n sources (as the chained path)."""
         if self.source_kind == "text":
-            texts = check_texts(source)
+            texts = check_texts(source, self.max_samples, self.max_text_length)
             v, out = draw(len(texts)), []
             for sl in self._chunks(len(texts)):
                 ids, mask = self._tokenize(texts[sl])
@@ -164,9 +167,10 @@ class Pipeline:
             return self._output({k: np.concatenate([o[k] for o in out]) for k in out[0]})
         if self.source_kind == "image":
             img = self.manifest["source_image"]
-            feeds = {"source_image": images_to_model(check_images(source, (*img["size"], img["channels"]), "source"))}
+            feeds = {"source_image": images_to_model(check_images(source, (*img["size"], img["channels"]), "source",
+                                                                   self.max_samples))}
         else:
-            feeds = {"cond": as_float_batch(source, self.cond_shape, "source")}
+            feeds = {"cond": as_float_batch(source, self.cond_shape, "source", self.max_samples)}
         n = len(next(iter(feeds.values())))
         return self._output(self._chunked("translate", {**feeds, "v": draw(n)}))
 
@@ -207,15 +211,16 @@ class Pipeline:
     def encode_source(self, source) -> np.ndarray:
         """zΦ for a source: Φ(texts) or Φ(images), or the validated condition array itself."""
         if self.source_kind == "vector":
-            return as_float_batch(source, self.cond_shape, "source")
+            return as_float_batch(source, self.cond_shape, "source", self.max_samples)
         if self.source_kind == "image":
             img = self.manifest["source_image"]
-            images = check_images(source, (*img["size"], img["channels"]), "source")
+            images = check_images(source, (*img["size"], img["channels"]), "source", self.max_samples)
             return self._chunked("source_encoder", {"image": images_to_model(images)})["embedding"]
         # one text per call: batched attention rounds differently with the batch's shape (measured 2e-8 on
         # MiniLM), which would make a row's result depend on the other rows of its batch
+        texts = check_texts(source, self.max_samples, self.max_text_length)
         out = []
-        for text in check_texts(source):
+        for text in texts:
             ids, mask = self._tokenize([text])
             out.append(self.backend.run("source_encoder", {"input_ids": ids, "attention_mask": mask})["embedding"])
         return np.concatenate(out)
@@ -234,97 +239,16 @@ class Pipeline:
     def encode_target(self, images) -> np.ndarray:
         """Θ: uint8 images (N, H, W, C) -> zΘ (N, D), the encoder's mean."""
         self._need("target_encoder", "encode_target")
-        images = check_images(images, self.image_shape, "images")
+        images = check_images(images, self.image_shape, "images", self.max_samples)
         return self._chunked("target_encoder", {"image": images_to_model(images)})["z"]
 
     def decode_target(self, z) -> np.ndarray:
         """Λ: zΘ (N, D) -> uint8 images (N, H, W, C)."""
         self._need("target_decoder", "decode_target")
-        z = as_float_batch(z, (self.latent_dim,), "z")
+        z = as_float_batch(z, (self.latent_dim,), "z", self.max_samples)
         return images_from_model(self._chunked("target_decoder", {"z": z})["image"])
 
-    def check(self, repeats: int = 20) -> dict:
-        """Self-test on the bundle's validation data (any machine, any backend): each stage against the
-        PyTorch outputs stored at export, tokenizer ids, flow round trip, NLL, and median latency per
-        stage and end to end at batch 1. `ok` is False when a tolerance (CHECK_TOLERANCES) is missed."""
-        files = [Path(f) for f in self.manifest["validation"]["files"]]
-        val = {f.stem: np.load(self.bundle_dir / f, allow_pickle=False) for f in files if f.suffix == ".npy"}
-        cond, z = val["cond"], val["target"]
-        v, logdet = self.flow_inverse(z, cond)
-        parity = {"flow_inverse": max(max_rel(v, val["v"]), max_rel(logdet, val["logdet"])),
-                  "flow_forward": max_rel(self.flow_forward(val["fixed_v"], cond), val["forward_z"])}
-        one = {"flow_inverse": {"z": z[:1], "cond": cond[:1]}, "flow_forward": {"v": v[:1], "cond": cond[:1]}}
-        report = {"bundle": str(self.bundle_dir), "backend": self.backend.name, "providers": self.backend.providers,
-                  "precisions": self.precisions, "files_verified": len(files), "validation_pairs": len(z)}
-        if self.source_kind == "text":
-            texts = json.loads((self.bundle_dir / "validation" / "texts.json").read_text())
-            ids, _ = self._tokenize(texts)
-            report["tokenizer_match"] = bool(ids.shape == val["input_ids"].shape and (ids == val["input_ids"]).all())
-            one["source_encoder"] = {"input_ids": val["input_ids"], "attention_mask": val["attention_mask"]}
-        elif self.source_kind == "image":
-            one["source_encoder"] = {"image": val["source_images"]}
-        if "source_encoder" in one:
-            parity["source_encoder"] = max_rel(self._chunked("source_encoder", one["source_encoder"])["embedding"],
-                                                val["embedding"])
-            one["source_encoder"] = {k: x[:1] for k, x in one["source_encoder"].items()}
-        if self.has_decoder:
-            one["target_decoder"] = {"z": z[:len(val["decoded"])]}
-            parity["target_decoder"] = max_rel(self._chunked("target_decoder", one["target_decoder"])["image"],
-                                                val["decoded"])
-        if self.has_target_encoder:
-            one["target_encoder"] = {"image": val["encoder_input"]}
-            parity["target_encoder"] = max_rel(self._chunked("target_encoder", one["target_encoder"])["z"],
-                                                val["encoded"])
-        nll, nll_ref = float(nll_per_dim(v, logdet).mean()), float(nll_per_dim(val["v"], val["logdet"]).mean())
-        sizes = tuple(n for n in (8, 64) if n <= self.max_batch) or (self.max_batch,)   # a TensorRT profile's limit
-        dependence = batch_dependence(lambda f: self.backend.run("flow_inverse", f)["v"], {"z": z, "cond": cond},
-                                      sizes=sizes)
-        report.update(parity_max_rel=parity, roundtrip_rel=l2_rel(self.flow_forward(v, cond), z),
-                      nll_nats_per_dim=nll, nll_pytorch=nll_ref, nll_drift_nats_per_dim=nll - nll_ref,
-                      v_batch_dependence_max_abs=dependence,
-                      fused_parity_max_rel=self._fused_parity({"cond": cond, **val}))
-        latency = {role: _median_ms(lambda r=role, f=feeds: self.backend.run(r, {k: x[:1] for k, x in f.items()}),
-                                    repeats) for role, feeds in one.items()}
-        source = {"text": lambda: texts[:1], "vector": lambda: cond[:1],
-                  "image": lambda: images_from_model(val["source_images"][:1])}[self.source_kind]()
-        latency["translate_end_to_end"] = _median_ms(lambda: self.translate(source, seed=0), repeats)
-        if "translate" in self.stages:            # the same call chained, for comparison
-            latency["translate_chained_end_to_end"] = _median_ms(
-                lambda: self._translate(source, 1, 0, 1.0, fused=False), repeats)
-        report["latency_batch1_ms"] = latency
-        fails = [f"{role} parity {err:.2e}" for role, err in parity.items()
-                 if CHECK_TOLERANCES[self.precisions[role]][0] is not None
-                 and err > CHECK_TOLERANCES[self.precisions[role]][0]]
-        flow_tol = CHECK_TOLERANCES[self.precisions["flow_inverse"]]
-        fails += [f"round trip {report['roundtrip_rel']:.2e}"] if report["roundtrip_rel"] > flow_tol[1] else []
-        fails += [f"NLL drift {nll - nll_ref:+.4f} nats/dim"] if abs(nll - nll_ref) > flow_tol[2] else []
-        fails += [f"batch dependence {dependence:.1e}"] if flow_tol[3] is not None and dependence > flow_tol[3] else []
-        fails += [f"fused {role} vs chained {err:.2e}" for role, err in report["fused_parity_max_rel"].items()
-                  if err > FUSED_TOLERANCES[self.precisions[role]]]
-        fails += ["tokenizer ids differ from export"] if report.get("tokenizer_match") is False else []
-        report.update(ok=not fails, failures=fails)
-        return report
-
     # ---- internals -------------------------------------------------------------------------------
-    def _fused_parity(self, val: dict[str, np.ndarray]) -> dict[str, float]:
-        """max rel error of each fused graph in use against the same chain of this pipeline's stages."""
-        report = {}
-        for role in FUSED_ROLES:
-            feeds = fused_feeds(role, self.source_kind, val) if role in self.stages else None
-            if feeds is None:
-                continue
-            got = self._chunked(role, feeds)
-            if role == "transfer":
-                zt = self._chunked("target_encoder", {"image": feeds["target_image"]})["z"]
-                v, cond = self._chunked("flow_inverse", {"z": zt, "cond": feeds["cond"]})["v"], feeds["new_cond"]
-            else:
-                v, src = feeds["v"], {("image" if k == "source_image" else k): x for k, x in feeds.items() if k != "v"}
-                cond = src["cond"] if "cond" in src else self._chunked("source_encoder", src)["embedding"]
-            ref = self._chunked("flow_forward", {"v": v, "cond": cond})
-            ref = self._chunked("target_decoder", ref) if self.has_decoder else ref
-            report[role] = max_rel(next(iter(got.values())), next(iter(ref.values())))
-        return report
-
     @staticmethod
     def _output(out: dict[str, np.ndarray]) -> np.ndarray:
         """A fused graph's result as the chained calls return it: uint8 images, or latents."""
@@ -348,8 +272,8 @@ class Pipeline:
         return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
     def _pair(self, x, name: str, cond) -> tuple[np.ndarray, np.ndarray]:
-        x = as_float_batch(x, (self.latent_dim,), name)
-        cond = as_float_batch(cond, self.cond_shape, "cond")
+        x = as_float_batch(x, (self.latent_dim,), name, self.max_samples)
+        cond = as_float_batch(cond, self.cond_shape, "cond", self.max_samples)
         if len(x) != len(cond):
             raise PipelineError(f"{name} has {len(x)} rows but cond has {len(cond)}")
         return x, cond
@@ -360,17 +284,25 @@ class Pipeline:
             raise PipelineError(f"{call}: this bundle ({self.manifest['task']}) has no {what}")
 
     def _target(self, target) -> tuple[np.ndarray | None, np.ndarray | None]:
-        if isinstance(target, np.ndarray) and target.dtype == np.uint8 and target.ndim == 4:
+        """Images (uint8, or anything with 3+ axes: told what is wrong with it as an image) or latents."""
+        if isinstance(target, np.ndarray) and (target.dtype == np.uint8 or target.ndim >= 3):
             if not self.has_target_encoder:
                 raise PipelineError(f"this bundle ({self.manifest['task']}) has no target encoder (Θ), so it "
                                     f"cannot edit images; pass latents zΘ of shape (N, {self.latent_dim}) instead")
-            return check_images(target, self.image_shape, "target"), None
-        return None, as_float_batch(target, (self.latent_dim,), "target latents")
+            return check_images(target, self.image_shape, "target images", self.max_samples), None
+        return None, as_float_batch(target, (self.latent_dim,), "target latents", self.max_samples)
 
     def _load_tokenizer(self):
         from tokenizers import Tokenizer
         spec = self.manifest["tokenizer"]
-        tok = Tokenizer.from_file(str(self.bundle_dir / "tokenizer" / "tokenizer.json"))
+        try:
+            tok = Tokenizer.from_file(str(self.bundle_dir / "tokenizer" / "tokenizer.json"))
+        except Exception as e:          # the tokenizers library raises a bare Exception for a bad file
+            raise PipelineError(f"tokenizer/tokenizer.json is not a tokenizers file ({str(e)[:200]}); "
+                                f"re-export the bundle") from None
+        if spec.get("pad_id", 0) >= tok.get_vocab_size():
+            raise PipelineError(f"manifest.json: 'tokenizer.pad_id' {spec['pad_id']} is outside the tokenizer's "
+                                f"{tok.get_vocab_size()} ids; re-export the bundle")
         tok.enable_truncation(max_length=int(spec["max_tokens"]))
         tok.enable_padding(pad_id=int(spec.get("pad_id", 0)), pad_token=spec.get("pad_token", "[PAD]"))
         return tok
@@ -387,14 +319,3 @@ class Pipeline:
                               f"was truncated ({len(cut)} text(s) in this batch)", stacklevel=4)
         ids = np.array([e.ids for e in enc], dtype=np.int64)
         return ids, np.array([e.attention_mask for e in enc], dtype=np.int64)
-
-
-def _median_ms(fn, repeats: int) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times) * 1e3)

@@ -67,23 +67,40 @@ def plan(runs: Path, preset: str, oracle: Path, tasks: list[str]) -> list[Job]:
     return jobs
 
 
+def _read_result(path: Path) -> tuple[dict | None, str]:
+    """A job's JSON result, or None and why not: a summary row says so instead of the script crashing."""
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        return None, f"{path} unreadable ({type(e).__name__}: {str(e)[:120]})"
+    return (result, "") if isinstance(result, dict) else (None, f"{path} holds no JSON object")
+
+
 def summary_table(runs: Path, state: Path, tasks: list[str]) -> list[str]:
     lines = ["| task | evaluation (cINN, MLP in brackets) | cINN train s |", "|---|---|---:|"]
     for task in tasks:
+        path = runs / "diagnosis" / "summary.json" if task == "diagnosis" else runs / task / "cinn" / "eval.json"
+        result, why = _read_result(path)
+        if result is None:
+            lines.append(f"| {task} | {why} | |")
+            continue
         if task == "diagnosis":
-            summary = json.loads((runs / "diagnosis" / "summary.json").read_text())
+            summary = result
             parts = [f"{kind}: mean invariance " + ", ".join(f"{layer} {f['mean_invariance'][layer]:.2f}"
                                                              for layer in LAYERS if layer in f["mean_invariance"])
                      + f" (grows with depth: {'yes' if f['grows_with_depth'] else 'no'})"
                      for kind, f in summary["finding"].items()]
             lines.append(f"| diagnosis | {'; '.join(parts)} | {summary['total_seconds']:.0f} (all runs) |")
             continue
-        ev = json.loads((runs / task / "cinn" / "eval.json").read_text())
+        ev = result
         mlp = ev.get("mlp") or {}
         nums = ", ".join(f"{k} {ev[k]:.3f}" + (f" ({mlp[k]:.3f})" if isinstance(mlp.get(k), float) else "")
                          for k in KEYS[task] if isinstance(ev.get(k), (int, float)))
-        secs = float((state / f"{task}-cinn.done").read_text())
-        lines.append(f"| {task} | {nums} | {secs:.0f} |")
+        try:
+            secs = f"{float((state / f'{task}-cinn.done').read_text()):.0f}"
+        except (OSError, ValueError):
+            secs = "?"
+        lines.append(f"| {task} | {nums} | {secs} |")
     return lines
 
 

@@ -58,7 +58,7 @@ def _package_cache(name: str) -> tuple[Path, Path] | None:
     return found[0], found[1]
 
 
-def _random_init(config: BigGANConfig) -> BigGAN:
+def random_init(config: BigGANConfig) -> BigGAN:
     """The real architecture with seeded random weights. Two things the package leaves undefined are
     fixed here: the unconditional final batch-norm affine (uninitialised memory -> 1 and 0), and the
     spectral-norm vectors u, v, which are power-iterated until σ estimates the largest singular value."""
@@ -92,7 +92,7 @@ def load_biggan(spec: str | None) -> tuple[BigGAN, dict, tuple[str, ...]]:
         name = spec.split(":", 1)[1]
         if name not in ARCHITECTURES:
             raise UserError(f"unknown architecture in --biggan {spec}; use random:biggan-deep-128, -256 or -512")
-        model = _random_init(BigGANConfig.from_dict(ARCHITECTURES[name].to_dict()))
+        model = random_init(BigGANConfig.from_dict(ARCHITECTURES[name].to_dict()))
         warnings = (f"random-init BigGAN ({name}, seed {RANDOM_SEED}): not a trained generator, images are noise; "
                     f"for tests and benchmarks only",)
         print(f"WARNING: {warnings[0]}", file=sys.stderr)
