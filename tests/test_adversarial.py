@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 from PIL import Image
 from test_export import ATTRIBUTES, ROOT, Bundles, copy_bundle
-from train.core.common import run_cli
 
 from export.bundle import rehash
 from runtime import Pipeline, PipelineError
 from train import cinn
+from train.core.common import run_cli
 
 RUNTIME_MEMORY, TRAIN_MEMORY = 2 << 30, 6 << 30     # address space: the runtime CLI needs < 1 GiB, torch ~4 GiB
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(

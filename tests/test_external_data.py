@@ -7,13 +7,13 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from train.core.flow import ConditionalINN, FlowConfig
 
 from bench.cost import graph_cost
 from export import bundle as export_bundle_mod
 from export.bundle import external_files, save_graph, stage_entry
 from export.onnx import export_bundle
 from runtime import Pipeline, PipelineError
+from train.core.flow import ConditionalINN, FlowConfig
 from train.experts.base import Experts
 
 
