@@ -93,9 +93,13 @@ def build_engines(bundle: Path, precision: str, batches: tuple[int, int, int], w
     return write_manifest(bundle, manifest)
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):           # one line, not the usage block (train.common's needs torch; --bundle not)
+        raise ExportError(f"{message} (see {self.prog} --help)")
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m export.trt", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = _Parser(prog="python -m export.trt", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--bundle", help="an existing bundle folder (no torch needed)")
     src.add_argument("--task", help="export the task's ONNX bundle first when it is missing")
@@ -107,8 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-batch", type=int, default=64)
     ap.add_argument("--workspace-gb", type=float, default=2.0)
     ap.add_argument("--device", type=int, default=0)
-    args = ap.parse_args(argv)
     try:
+        args = ap.parse_args(argv)
         batches = (args.min_batch, args.opt_batch, args.max_batch)
         if not 1 <= batches[0] <= batches[1] <= batches[2] or args.workspace_gb <= 0:
             raise ExportError("need 1 <= --min-batch <= --opt-batch <= --max-batch and --workspace-gb > 0")

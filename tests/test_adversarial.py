@@ -386,6 +386,13 @@ def test_runtime_cli_refuses_in_one_line(bundles, tampered, tmp_path, name):
     assert_one_line_error(run_limited(["-m", "runtime", *_fill(args, bundles, tampered, tmp_path)]), msg)
 
 
+@pytest.mark.parametrize("args, msg", [(["--bundle", "x", "--max-batch", "abc"], "invalid int value: 'abc'"),
+                                       ([], "one of the arguments --bundle --task is required"),
+                                       (["--bundle", "x", "--max-batch", "0"], "need 1 <= --min-batch")])
+def test_export_trt_cli_refuses_in_one_line(args, msg):
+    assert_one_line_error(run_limited(["-m", "export.trt", *args]), msg)
+
+
 @pytest.fixture(scope="module")
 def features_files(tmp_path_factory):
     d = tmp_path_factory.mktemp("features-files")
