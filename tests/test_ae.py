@@ -14,6 +14,7 @@ from train.eval.ae import evaluate_ae
 from train.experts.ae_training import PRESETS, SpriteBatches, ensure_autoencoder, train
 from train.experts.ae_training import AETrainConfig as TrainConfig
 from train.experts.autoencoder import AEConfig, Autoencoder, load_autoencoder
+from train.experts.base import Expert
 
 TINY = replace(PRESETS["smoke"][0], image_size=32)
 
@@ -87,6 +88,7 @@ def test_cli_smoke_and_checkpoint_round_trip(tmp_path, capsys):
     again = load_autoencoder(out)
     assert torch.equal(again.decode(again.encode(x)), model.decode(z))
     assert torch.equal(ensure_autoencoder(out).encode(x), z)      # present: loads, does not train
+    assert isinstance(model, Expert) and model.output_dim == z.shape[1]     # the expert protocol
 
     with pytest.raises(UserError, match="already holds a run"):
         main(["--preset", "smoke", "--size", "32", "--out", str(out)])

@@ -183,6 +183,9 @@ class Decoder(nn.Module):
 
 
 class Autoencoder(nn.Module):
+    """g = {Θ, Λ, γ}; as an expert (train/experts/base.py) `encode` is Θ, `decode` is Λ."""
+    name = "sprites-autoencoder"
+
     def __init__(self, cfg: AEConfig):
         super().__init__()
         cfg.check()
@@ -193,6 +196,10 @@ class Autoencoder(nn.Module):
 
     @property
     def latent_dim(self) -> int:
+        return self.cfg.latent_dim
+
+    @property
+    def output_dim(self) -> int:
         return self.cfg.latent_dim
 
     @property
