@@ -21,6 +21,7 @@ import torch
 from scipy import linalg
 
 from train.core.common import UserError
+from train.data.latents import encode_images
 from train.data.sprites import SPLITS, render_batch
 
 FEATURE_LAYER = "last"          # AttributeNet's penultimate layer (the input of its linear head)
@@ -80,8 +81,20 @@ class OracleFID:
     """FID of image sets against one real reference of `count` renders, features from the oracle."""
 
     def __init__(self, oracle, count: int, size: int, style: str | None = None):
-        self.oracle, self.count = oracle, count
+        self.oracle, self.count, self.style = oracle, count, style
         self.reference = statistics(oracle_features(oracle, reference_renders(count, size, style)))
 
     def __call__(self, images) -> float:
         return frechet_from_statistics(*statistics(oracle_features(self.oracle, images)), *self.reference)
+
+    def references(self, images, translator) -> dict:
+        """The floor and ceiling of `fid` at this N: real renders `images` (disjoint from the reference) and
+        their AE reconstructions Λ(Θ(y)) — what any τ through this AE can reach at best."""
+        with torch.no_grad():
+            recon = translator.decode(encode_images(translator.ae, images))
+        return {"fid_real": self(images), "fid_recon": self(recon), "fid_reference": self.describe()}
+
+    def describe(self) -> dict:
+        return {"features": f"oracle AttributeNet.features()['{FEATURE_LAYER}']", "reference_count": self.count,
+                "reference_renders": f"test sprites {REFERENCE_OFFSET}..{REFERENCE_OFFSET + self.count - 1}"
+                                     + (f" ({self.style})" if self.style else "")}

@@ -16,6 +16,7 @@ from train.data import ATTRIBUTES, GROUPS
 from train.data.captions import load_captions_jsonl, make_caption
 from train.data.latents import sprite_latents
 from train.data.sprites import SPLITS, render_batch, to_tensor, to_uint8
+from train.eval.fid import OracleFID
 from train.eval.grids import save_grid
 from train.eval.metrics import diversity, probe
 from train.eval.translator import load_task_run, mlp_baseline
@@ -89,15 +90,20 @@ def write_grids(run_dir: str | Path, model, num: int = 6, samples: int = 6, seed
                       "captions -> samples", scale=2)
 
 
-def evaluate_attributes(translator, oracle, n: int, seed: int) -> dict:
+def evaluate_attributes(translator, oracle, n: int, seed: int, fid: OracleFID | None = None) -> dict:
+    """With `fid`: also `fid` (one sample per test attribute vector) and `fid_edits` (image i edited by
+    flipping attribute i mod 13: n edits, one per image, so at the same N as `fid`)."""
     start = SPLITS["test"][0]
     images, attrs, _ = render_batch(range(start, start + n), "test", translator.ae.image_size)
     x, c = to_tensor(images), torch.from_numpy(attrs)
     recon_read = oracle.predict(translator.edit(x, c, c))
     flip_ok, keep, keep_all = [], [], []
-    for name in ATTRIBUTES:
+    edits = torch.empty_like(x)
+    for k, name in enumerate(ATTRIBUTES):
         new = np.stack([flip(a, name) for a in attrs])
-        read = oracle.predict(translator.edit(x, c, torch.from_numpy(new)))
+        edited = translator.edit(x, c, torch.from_numpy(new))
+        edits[k::len(ATTRIBUTES)] = edited[k::len(ATTRIBUTES)]
+        read = oracle.predict(edited)
         changed = new != attrs
         flip_ok.append(np.all((read == new) | ~changed, 1).mean())
         same = (read == recon_read) | changed
@@ -117,6 +123,8 @@ def evaluate_attributes(translator, oracle, n: int, seed: int) -> dict:
         result.update(probe_accuracy=float(acc.mean()), probe_baseline=float(base.mean()))
     else:
         result.update(probe_accuracy=None, probe_baseline=None)
+    if fid is not None:
+        result.update(fid=fid(translator.sample(c, 1, seed)), fid_edits=fid(edits))
     return result
 
 
@@ -124,7 +132,10 @@ def _score_captions(translator, oracle, encoder, texts, mentioned, seed) -> tupl
     """The oracle reads one sample per caption. Overall: share of the mentioned attribute entries read as
     mentioned (a mentioned colour contributes its five entries). Per attribute: share of the captions
     mentioning it whose sample shows the mentioned value (a one-hot group such as colour is one attribute)."""
-    read = oracle.predict(translator.sample(encoder.encode(texts), 1, seed))
+    return _score_reads(oracle.predict(translator.sample(encoder.encode(texts), 1, seed)), mentioned)
+
+
+def _score_reads(read, mentioned) -> tuple[float, dict[str, float]]:
     hits = [read[i, ATTRIBUTES.index(a)] == v for i, m in enumerate(mentioned) for a, v in m.items()]
     group_of = {name: g for g, names in GROUPS.items() for name in names}
     per: dict[str, list[bool]] = {}
@@ -135,14 +146,19 @@ def _score_captions(translator, oracle, encoder, texts, mentioned, seed) -> tupl
     return (float(np.mean(hits)) if hits else float("nan")), {k: float(np.mean(v)) for k, v in per.items()}
 
 
-def evaluate_text(translator, oracle, config, n: int, seed: int, captions_file: str | None) -> dict:
+def evaluate_text(translator, oracle, config, n: int, seed: int, captions_file: str | None,
+                  fid: OracleFID | None = None) -> dict:
+    """With `fid`: also `fid` of the samples of the held-out-phrased captions (one per test sprite)."""
     encoder = TextEncoder(config["text_encoder"])
     start = SPLITS["test"][0]
     _, attrs, _ = render_batch(range(start, start + n), "test", translator.ae.image_size)
     rng = np.random.default_rng(seed)
     pairs = [make_caption(a, rng, "heldout") for a in attrs]
-    acc, per = _score_captions(translator, oracle, encoder, [p[0] for p in pairs], [p[1] for p in pairs], seed)
+    samples = translator.sample(encoder.encode([p[0] for p in pairs]), 1, seed)
+    acc, per = _score_reads(oracle.predict(samples), [p[1] for p in pairs])
     result = {"heldout_attribute_accuracy": acc, "heldout_per_attribute": per}
+    if fid is not None:
+        result["fid"] = fid(samples)
     cond, _ = _condition(config, attrs[:50], "heldout", seed, encoder)
     result["diversity"] = diversity(translator, cond, 8, seed)
     if captions_file:
@@ -160,11 +176,14 @@ def evaluate_run(req) -> dict:
         raise UserError("--captions applies to text tasks only")
     oracle = ensure_oracle(req.oracle, translator.ae.image_size)
     n = req.num_images
+    fid = OracleFID(oracle, n, translator.ae.image_size)
 
     def one(t):
         if config["task"] == "attributes":
-            return evaluate_attributes(t, oracle, n, req.seed)
-        return evaluate_text(t, oracle, config, n, req.seed, req.captions)
+            return evaluate_attributes(t, oracle, n, req.seed, fid)
+        return evaluate_text(t, oracle, config, n, req.seed, req.captions, fid)
 
+    start = SPLITS["test"][0]
+    real = render_batch(range(start, start + n), "test", translator.ae.image_size)[0]
     return {"task": config["task"], "run": str(run), "num_images": n, **one(translator),
-            **mlp_baseline(run, translator, one)}
+            **fid.references(real, translator), **mlp_baseline(run, translator, one)}
