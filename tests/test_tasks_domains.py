@@ -72,6 +72,8 @@ def test_superres_smoke_trains_missing_aes_and_evaluates(work, oracle_run, capsy
         assert 0 < r["consistency_psnr"] <= 120 and 0 <= r["attribute_agreement"] <= 1 and r["diversity"] >= 0
     assert result["diversity"] > 0 and result["mlp"]["diversity"] == pytest.approx(0, abs=1e-6)
     assert result["references"]["ground_truth"]["consistency_psnr"] >= 100
+    for fid in (result["fid"], result["mlp"]["fid"], result["fid_real"], result["fid_recon"]):
+        assert np.isfinite(fid) and fid >= 0.0
     experts = load_all()["superres"].experts(json.loads((run / "config.json").read_text()))
     assert experts.info["source_image_shape"] == [3, 16, 16]
 
@@ -86,6 +88,9 @@ def test_unpaired_smoke_evaluates_and_refuses_the_mlp(work, oracle_run, capsys):
     for key in ("content_kept", "domain_success", "back_content_kept", "back_domain_success"):
         assert 0 <= result[key] <= 1, key
     assert set(result["directions"]) == {"flat_to_textured", "textured_to_flat"}
+    for r in (result, *result["directions"].values()):
+        assert all(np.isfinite(r[k]) and r[k] >= 0.0 for k in ("fid", "fid_edits", "fid_real", "fid_recon"))
+    assert set(result["fid_reference"]) == {"flat", "textured"}
     translator, config, _ = load_run(run)
     x = to_tensor(render_batch(range(4), "test", 64)[0])
     c = domain_onehot([0] * 4)

@@ -104,6 +104,10 @@ def test_smoke_run_and_evaluation_keys(task, ae_run, train_smoke, oracle_run, tm
     for key in keys + ["diversity"]:
         assert 0.0 <= result[key] <= 1.0 and 0.0 <= result["mlp"][key] <= 1.0, key
     assert result["mlp"]["diversity"] == pytest.approx(0.0, abs=1e-6)             # a deterministic MLP cannot vary
+    for fid in (result["fid"], result["fid_edits"], result["fid_real"], result["fid_recon"],
+                result["mlp"]["fid"], result["mlp"]["fid_edits"]):
+        assert np.isfinite(fid) and fid >= 0.0
+    assert result["fid_reference"]["reference_count"] == 20
     if task == "exemplar":
         assert result["reference"]["mask_reader_iou_renders"] > 0.97
     else:

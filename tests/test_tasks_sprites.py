@@ -59,6 +59,10 @@ def test_smoke_run_keeps_experts_frozen_and_evaluates(task, train_smoke, oracle_
         assert set(per) <= {"shape", "color", "size_large", "pos_left", "pos_top", "bg_dark", "style_outline"}
         assert len(per) >= 5 and all(0.0 <= v <= 1.0 for v in per.values())
     assert result["mlp"]["diversity"] == pytest.approx(0.0, abs=1e-6)    # a deterministic MLP cannot vary
+    fid_keys = ["fid", "fid_edits"] if task == "attributes" else ["fid"]
+    for fid in [result[k] for k in fid_keys + ["fid_real", "fid_recon"]] + [result["mlp"][k] for k in fid_keys]:
+        assert np.isfinite(fid) and fid >= 0.0
+    assert result["fid_reference"]["reference_count"] == 20
 
 
 def test_editing_identity_returns_the_reconstruction(ae_run, tmp_path):

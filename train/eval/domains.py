@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from train.core.common import UserError, read_json
 from train.data.latents import encode_images
 from train.data.sprites import area_downsample, render_batch, to_tensor, to_uint8
+from train.eval.fid import OracleFID
 from train.eval.grids import save_grid
 from train.eval.metrics import diversity, psnr
 from train.eval.translator import load_task_run, mlp_baseline
@@ -85,14 +86,19 @@ def _superres_scores(out, k: int, x, y, truth, oracle) -> dict:
             "psnr_to_ground_truth": psnr(out, y.repeat_interleave(k, 0))}
 
 
-def evaluate_superres(translator, low, oracle, n: int, seed: int, samples: int = 4) -> dict:
+def evaluate_superres(translator, low, oracle, n: int, seed: int, samples: int = 4,
+                      fid: OracleFID | None = None) -> dict:
     """consistency_psnr: A(sample) vs x; attribute_agreement: the oracle's reading of each sample vs the
-    sprite's true attributes; diversity: per-pixel std across 8 samples of one input (pixels in [0, 1])."""
+    sprite's true attributes; diversity: per-pixel std across 8 samples of one input (pixels in [0, 1]).
+    With `fid`: `fid` of the first sample of each input (n images, the reference's N)."""
     _, attrs, y, x, cond = superres_inputs(translator.ae.image_size, low, n)
     truth = labels(attrs, False, oracle.attributes)
     out = translator.sample(cond, samples, seed)
-    return {**_superres_scores(out, samples, x, y, truth, oracle), "samples_per_image": samples,
-            "diversity": diversity(translator, cond[:50], 8, seed)}
+    result = {**_superres_scores(out, samples, x, y, truth, oracle), "samples_per_image": samples,
+              "diversity": diversity(translator, cond[:50], 8, seed)}
+    if fid is not None:
+        result["fid"] = fid(out[::samples])
+    return result
 
 
 def superres_references(translator, low, oracle, n: int) -> dict:
@@ -128,11 +134,15 @@ def translate(translator, x: torch.Tensor, src: int) -> tuple[torch.Tensor, torc
     return out, translator.edit(out, c_new, c)
 
 
-def evaluate_unpaired(translator, oracle, domain_clf, n: int) -> dict:
+def evaluate_unpaired(translator, oracle, domain_clf, n: int, fids: dict[str, OracleFID] | None = None,
+                      seed: int = 0) -> dict:
     """Per direction on n test sprites: content_kept (the oracle's 13 attributes of the translation equal
     the sprite's true ones), domain_success (the domain classifier reads the target domain), the same
     for the back-translation, cycle PSNR, PSNR to the true render of the sprite in the other domain, and
-    references (the AE reconstruction's content and domain read-outs)."""
+    references (the AE reconstruction's content and domain read-outs). With `fids` (one OracleFID per
+    domain), per direction against the target domain's real renders: `fid` of samples Λ(τ(v | target)),
+    `fid_edits` of the translations, `fid_real` of the true renders there, `fid_recon` of their AE
+    reconstructions; the top level holds their means over both directions."""
     size, per = translator.ae.image_size, {}
     for src in (0, 1):
         images, attrs, _ = render_batch(range(n), "test", size, DOMAINS[src])
@@ -150,10 +160,19 @@ def evaluate_unpaired(translator, oracle, domain_clf, n: int) -> dict:
             "psnr_to_other_domain_render": psnr(out, twin),
             "reconstruction_content_kept": kept(recon), "reconstruction_domain_accuracy": reads(recon, src),
             "input_domain_accuracy": reads(x, src)}
+        if fids is not None:
+            fid = fids[DOMAINS[1 - src]]
+            per[f"{DOMAINS[src]}_to_{DOMAINS[1 - src]}"].update(
+                fid=fid(translator.sample(domain_onehot([1 - src] * n), 1, seed)), fid_edits=fid(out),
+                **{k: v for k, v in fid.references(twin, translator).items() if k != "fid_reference"})
     mean = lambda key: float(np.mean([d[key] for d in per.values()]))                   # noqa: E731
-    return {"content_kept": mean("content_kept"), "domain_success": mean("domain_success"),
-            "back_content_kept": mean("back_content_kept"), "back_domain_success": mean("back_domain_success"),
-            "directions": per}
+    result = {"content_kept": mean("content_kept"), "domain_success": mean("domain_success"),
+              "back_content_kept": mean("back_content_kept"), "back_domain_success": mean("back_domain_success"),
+              "directions": per}
+    if fids is not None:
+        result.update({k: mean(k) for k in ("fid", "fid_edits", "fid_real", "fid_recon")},
+                      fid_reference={d: f.describe() for d, f in fids.items()})
+    return result
 
 
 def _unpaired_grid(run_dir, num: int = 6) -> None:
@@ -185,12 +204,16 @@ def evaluate_run(req) -> dict:
     oracle = ensure_oracle(req.oracle, size)
     result = {"task": config["task"], "run": str(run), "num_images": n}
     if config["task"] == "superres":
+        fid = OracleFID(oracle, n, size)
+
         def one(t):
-            return evaluate_superres(t, low, oracle, n, req.seed)
+            return evaluate_superres(t, low, oracle, n, req.seed, fid=fid)
+        real = superres_inputs(size, low, n)[0]
         return {**result, **one(translator), "references": superres_references(translator, low, oracle, n),
-                **mlp_baseline(run, translator, one)}
+                **fid.references(real, translator), **mlp_baseline(run, translator, one)}
     domain_clf = ensure_oracle(opts.domain_classifier, size, domain_classifier_spec(size))
     if domain_clf.attributes != ["textured"]:
         raise UserError(f"{opts.domain_classifier} reads {domain_clf.attributes}, not the style; pass a "
                         f"flat-vs-textured classifier (train.classifier --attributes textured)")
-    return {**result, **evaluate_unpaired(translator, oracle, domain_clf, n)}
+    fids = {d: OracleFID(oracle, n, size, d) for d in DOMAINS}
+    return {**result, **evaluate_unpaired(translator, oracle, domain_clf, n, fids, req.seed)}

@@ -21,6 +21,7 @@ from train.data import ATTRIBUTES, GROUPS
 from train.data.deform import deform, mask_condition, read_mask
 from train.data.latents import encode_images
 from train.data.sprites import SPLITS, first_test_renders, to_tensor, to_uint8
+from train.eval.fid import OracleFID
 from train.eval.grids import save_grid
 from train.eval.metrics import diversity, iou
 from train.eval.translator import load_task_run, mlp_baseline
@@ -98,8 +99,10 @@ def write_grids(run_dir: str | Path, num: int = 6, columns: int = 5, seed: int =
               header="y | draws of the deformation d(y) (the training inputs of Phi = Theta o d)")
 
 
-def evaluate_exemplar(translator, oracle, config: dict, images, attrs, masks, seed: int) -> dict:
-    """Masks of x = the first half of the renders, exemplars y = the second half (pair i: x_i, y_i)."""
+def evaluate_exemplar(translator, oracle, config: dict, images, attrs, masks, seed: int,
+                      fid: OracleFID | None = None) -> dict:
+    """Masks of x = the first half of the renders, exemplars y = the second half (pair i: x_i, y_i).
+    With `fid`: `fid` of the samples (one per mask) and `fid_edits` of the exemplar transfers."""
     n = len(images) // 2
     cond = mask_condition(masks, config["mask_size"])
     sampled = to_uint8(translator.sample(cond[:n], 1, seed))
@@ -107,30 +110,40 @@ def evaluate_exemplar(translator, oracle, config: dict, images, attrs, masks, se
     read = oracle.predict(moved)
     style = follows(read, attrs[n:], attrs[:n], STYLE)
     layout = follows(read, attrs[:n], attrs[n:], LAYOUT)
-    return {"mask_iou": float(iou(read_mask(sampled), masks[:n]).mean()),
-            "mask_iou_transfer": float(iou(read_mask(moved), masks[:n]).mean()),
-            "style_transfer": _mean(style), "layout_from_mask": _mean(layout),
-            "per_factor": {"style_from_exemplar": style, "layout_from_mask": layout},
-            "diversity": diversity(translator, cond[:50], 8, seed)}
+    result = {"mask_iou": float(iou(read_mask(sampled), masks[:n]).mean()),
+              "mask_iou_transfer": float(iou(read_mask(moved), masks[:n]).mean()),
+              "style_transfer": _mean(style), "layout_from_mask": _mean(layout),
+              "per_factor": {"style_from_exemplar": style, "layout_from_mask": layout},
+              "diversity": diversity(translator, cond[:50], 8, seed)}
+    if fid is not None:
+        result.update(fid=fid(sampled), fid_edits=fid(moved))
+    return result
 
 
-def evaluate_shape(translator, oracle, config: dict, images, attrs, seed: int) -> dict:
-    """Shape images y = the first half of the renders, appearance images x = the second half."""
+def evaluate_shape(translator, oracle, config: dict, images, attrs, seed: int, fid: OracleFID | None = None) -> dict:
+    """Shape images y = the first half of the renders, appearance images x = the second half.
+    With `fid`: `fid` of samples with each x's appearance and `fid_edits` of the recombinations (Θ(x))."""
     n = len(images) // 2
     z = encode_images(translator.ae, images)
     start = SPLITS["test"][0]
     z_dx = encode_images(translator.ae, deform(images[n:], range(start + n, start + 2 * n), seed))
 
+    edits = []                              # the outputs of each scores() call, for fid_edits
+
     def scores(appearance):
-        read = oracle.predict(translator.edit(to_tensor(images[:n]), z[:n], appearance))
+        edits.append(translator.edit(to_tensor(images[:n]), z[:n], appearance))
+        read = oracle.predict(edits[-1])
         shape = follows(read, attrs[:n], attrs[n:], LAYOUT)
         kept = follows(read, attrs[n:], attrs[:n], STYLE)
         return {"shape_from_exemplar": _mean(shape), "appearance_kept": _mean(kept),
                 "per_factor": {"shape_from_exemplar": shape, "appearance_kept": kept}}
 
     # App. C recombines with Θ(x); `deformed_appearance` conditions on Θ(d(x)) instead, as in training
-    return {**scores(z[n:]), "deformed_appearance": scores(z_dx),
-            "diversity": diversity(translator, z[n:n + 50], 8, seed)}
+    result = {**scores(z[n:]), "deformed_appearance": scores(z_dx),
+              "diversity": diversity(translator, z[n:n + 50], 8, seed)}
+    if fid is not None:
+        result.update(fid=fid(translator.sample(z[n:], 1, seed)), fid_edits=fid(edits[0]))
+    return result
 
 
 def evaluate_run(req) -> dict:
@@ -142,19 +155,21 @@ def evaluate_run(req) -> dict:
     size, n = translator.ae.image_size, req.num_images
     oracle = ensure_oracle(req.oracle, size)
     images, attrs, masks = first_test_renders(2 * n, size)
+    fid = OracleFID(oracle, n, size)
     result = {"task": config["task"], "run": str(run), "num_pairs": n}
     if config["task"] == "exemplar":
         def one(t):
-            return evaluate_exemplar(t, oracle, config, images, attrs, masks, req.seed)
+            return evaluate_exemplar(t, oracle, config, images, attrs, masks, req.seed, fid)
         recon = to_uint8(translator.decode(encode_images(translator.ae, images[:n])))
         result["reference"] = {"mask_reader_iou_renders": float(iou(read_mask(images[:n]), masks[:n]).mean()),
                                "mask_iou_ae_reconstruction": float(iou(read_mask(recon), masks[:n]).mean())}
     else:
         def one(t):
-            return evaluate_shape(t, oracle, config, images, attrs, req.seed)
+            return evaluate_shape(t, oracle, config, images, attrs, req.seed, fid)
         start = SPLITS["test"][0]
         # what d leaves readable: the oracle on d(y) against y's attributes (position -> 0.5 = destroyed)
         seen = factor_values(oracle.predict(deform(images[:n], range(start, start + n), req.seed)))
         truth = factor_values(attrs[:n])
         result["deformation_keeps"] = {f: float((seen[f] == truth[f]).mean()) for f in LAYOUT + STYLE}
-    return {**result, **one(translator), **mlp_baseline(run, translator, one)}
+    return {**result, **one(translator), **fid.references(images[:n], translator),
+            **mlp_baseline(run, translator, one)}
