@@ -44,3 +44,13 @@ def test_oracle_features_are_the_penultimate_layer(oracle_run):
     logits = oracle.model.head(__import__("torch").from_numpy(f).float())
     assert np.allclose(oracle.probabilities(images), logits.sigmoid().numpy(), atol=1e-5)
     assert frechet_distance(f, f) < 1e-6
+
+
+def test_scored_images_may_not_reach_the_reference(oracle_run):
+    from train.core.common import UserError
+    from train.eval.fid import REFERENCE_OFFSET, OracleFID
+    from train.experts.classifier import load_oracle
+    with pytest.raises(UserError, match="--num-images"):
+        OracleFID(load_oracle(oracle_run), 4, 64, scored=REFERENCE_OFFSET + 1)
+    with pytest.raises(UserError, match="at least 2"):
+        OracleFID(load_oracle(oracle_run), 1, 64)

@@ -80,7 +80,15 @@ def reference_renders(count: int, size: int, style: str | None = None, offset: i
 class OracleFID:
     """FID of image sets against one real reference of `count` renders, features from the oracle."""
 
-    def __init__(self, oracle, count: int, size: int, style: str | None = None):
+    def __init__(self, oracle, count: int, size: int, style: str | None = None, scored: int | None = None):
+        """`scored`: how many test sprites from 0 on the evaluation draws (default `count`); they must stay
+        below the reference, or real images would be compared with themselves."""
+        if count < 2:
+            raise UserError(f"the oracle FID needs at least 2 images (a covariance), got --num-images {count}")
+        scored = count if scored is None else scored
+        if scored > REFERENCE_OFFSET:
+            raise UserError(f"this evaluation scores test sprites 0..{scored - 1}, which would overlap the FID "
+                            f"reference renders from {REFERENCE_OFFSET} on; lower --num-images")
         self.oracle, self.count, self.style = oracle, count, style
         self.reference = statistics(oracle_features(oracle, reference_renders(count, size, style)))
 

@@ -155,7 +155,7 @@ def evaluate_run(req) -> dict:
     size, n = translator.ae.image_size, req.num_images
     oracle = ensure_oracle(req.oracle, size)
     images, attrs, masks = first_test_renders(2 * n, size)
-    fid = OracleFID(oracle, n, size)
+    fid = OracleFID(oracle, n, size, scored=2 * n)
     result = {"task": config["task"], "run": str(run), "num_pairs": n}
     if config["task"] == "exemplar":
         def one(t):
