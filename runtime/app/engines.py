@@ -19,6 +19,7 @@ import numpy as np
 
 from runtime.manifest import PipelineError, read_manifest
 from runtime.pipeline import Pipeline
+from runtime.serve import residuals  # the per-row draw Triton serves, so both engines agree
 
 
 def find_bundles(engines_dir: Path) -> list[Path]:
@@ -40,11 +41,6 @@ def server_message(text: str) -> str:
     """The one line that matters in a Triton error: PyTriton wraps the model's exception in a traceback."""
     found = re.findall(r"(?:RequestError|PipelineError): ([^\n]+)", text)
     return found[-1].strip() if found else next((line for line in text.splitlines() if line.strip()), text)
-
-
-def residuals(seeds: list[int], dim: int, temperature: float) -> np.ndarray:
-    return np.stack([np.random.default_rng(s).standard_normal(dim, dtype=np.float32) for s in seeds]) \
-        * np.float32(temperature)
 
 
 class LocalEngine:
@@ -70,7 +66,7 @@ class LocalEngine:
     def sample(self, task: str, sources, seeds: list[int], temperature: float) -> np.ndarray:
         p = self.pipeline(task)
         cond = p.encode_source(sources)
-        z = p.flow_forward(residuals(seeds, p.latent_dim, temperature), cond)
+        z = p.flow_forward(residuals(p, np.asarray(seeds), np.full(len(seeds), temperature, np.float32)), cond)
         return p.decode_target(z) if p.has_decoder else z
 
     def transfer(self, task: str, images: np.ndarray, sources, new_sources) -> np.ndarray:
