@@ -10,6 +10,7 @@ and `make_caption` returns exactly the attributes the sentence determines.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ import numpy as np
 from train.core.errors import UserError
 from train.data import ATTRIBUTES, COLORS, GROUPS, SHAPES
 
-TRAIN_TEMPLATES = [
+_HAND_TEMPLATES = [
     "{np}{where}{bg}",
     "there is {np}{where}{bg}",
     "a picture of {np}{where}{bg}",
@@ -42,7 +43,7 @@ HELDOUT_TEMPLATES = [
 # so a held-out caption always differs from every train caption in its frame. The train language is
 # broad on purpose: with 2-3 synonyms per value a linear probe on MiniLM embeddings of train captions
 # read shape off held-out captions 78 % of the time, with these six 97 % (colour 66 -> 70 %).
-TRAIN_WORDS = {
+_HAND_WORDS = {
     "shape": {"circle": ["circle", "disc", "round shape", "round object", "orb", "circular form"],
               "square": ["square", "box", "block", "square shape", "four-sided shape", "quadrilateral"],
               "triangle": ["triangle", "triangular shape", "wedge", "three-sided shape", "pyramid shape"],
@@ -81,6 +82,84 @@ HELDOUT_WORDS = {
     "bg": {1: ["with a night-dark backdrop", "before a deep black backdrop"],
            0: ["with a pale backdrop", "before a bright white backdrop"]},
 }
+
+# Tokens the held-out language shares with the hand-written training language above (plain names,
+# function words, and "round"/"three"/"dark"/"black"/"bright"/"white"/"filled"/"outline(d)"/"lower",
+# shared since issue 4).
+# Every OTHER held-out token — exactly, by stem, or one letter apart ("sizable" for "sizeable") — is kept
+# out of everything training says (tests/test_sprites.py asserts it), so the held-out score stays honest.
+SHARED_TOKENS = frozenset("a an the of in on circle square triangle red green blue yellow purple left right "
+                          "round three dark black bright white filled outline lower".split())
+VOCABULARY_FILE = Path(__file__).with_name("caption_vocabulary.json")
+
+
+def _tokens(text: str) -> list[str]:
+    return re.findall(r"[a-z]+", text.lower().replace("{np}", " ").replace("{where}", " ").replace("{bg}", " "))
+
+
+def _stem(token: str) -> str:
+    token = token[:-2] + "er" if token.endswith("re") else token     # centre -> center
+    for _ in range(2):                                                 # centered -> center -> cent
+        for suffix in ("ness", "ing", "ish", "est", "ed", "es", "er", "ly", "s"):
+            if token.endswith(suffix) and len(token) - len(suffix) >= 3:
+                token = token[:-len(suffix)]
+                break
+    return token.rstrip("e")
+
+
+def _one_apart(a: str, b: str) -> bool:
+    """One letter inserted or dropped (sizable / sizeable); not a substitution (light / night)."""
+    if abs(len(a) - len(b)) != 1 or min(len(a), len(b)) < 5:
+        return False
+    short, long_ = sorted((a, b), key=len)
+    return any(long_[:i] + long_[i + 1:] == short for i in range(len(long_)))
+
+
+def heldout_tokens() -> set[str]:
+    """The held-out words and template words that training must never use."""
+    texts = [w for values in HELDOUT_WORDS.values() for ws in values.values() for w in ws] + HELDOUT_TEMPLATES
+    return {t for text in texts for t in _tokens(text)} - SHARED_TOKENS
+
+
+def leaks(text: str, forbidden: set[str] | None = None) -> list[str]:
+    """The held-out tokens a training phrase or template reuses: the same word, stem, a word one letter
+    apart, or a compound starting with one ("downward")."""
+    forbidden = heldout_tokens() if forbidden is None else forbidden
+    stems = {_stem(f): f for f in forbidden}
+    out = []
+    for t in _tokens(text):
+        if t in SHARED_TOKENS:
+            continue
+        hit = t if t in forbidden else stems.get(_stem(t)) or next(
+            (f for f in forbidden if _one_apart(t, f) or (len(f) >= 4 and t.startswith(f))), None)
+        if hit:
+            out.append(f"{t} ({hit})" if hit != t else t)
+    return out
+
+
+def _load_vocabulary(path: Path = VOCABULARY_FILE) -> tuple[dict, list[str]]:
+    """Training words/templates generated from WordNet and colour tables (python -m train.caption_vocabulary)."""
+    if not path.is_file():
+        return {}, []
+    data = json.loads(path.read_text(encoding="utf-8"))
+    keys = {"shape": {k: k for k in SHAPES} | {"none": None}, "color": {k: k for k in COLORS}}
+    words = {group: {keys.get(group, {"1": 1, "0": 0})[value]: list(ws) for value, ws in values.items()}
+             for group, values in data["words"].items()}
+    return words, list(data.get("templates", []))
+
+
+def _merge(hand: dict, extra: dict) -> dict:
+    return {group: {value: list(dict.fromkeys(ws + extra.get(group, {}).get(value, [])))
+                    for value, ws in values.items()} for group, values in hand.items()}
+
+
+_EXTRA_WORDS, _EXTRA_TEMPLATES = _load_vocabulary()
+# Share of training picks drawn from the hand-written lists alone (the rest from everything): the generated
+# lists are long (thousands of background phrases), and plain words like "on the left" must stay frequent.
+HAND_SHARE = 0.5
+# What training says: the hand-written language plus the generated vocabulary (docs/tasks.md).
+TRAIN_WORDS = _merge(_HAND_WORDS, _EXTRA_WORDS)
+TRAIN_TEMPLATES = list(dict.fromkeys(_HAND_TEMPLATES + _EXTRA_TEMPLATES))
 
 _SINGLE = {"size": "size_large", "style": "style_outline", "h": "pos_left", "v": "pos_top", "bg": "bg_dark"}
 _GROUP_ORDER = ["shape", "color", "size", "style", "h", "v", "bg"]
@@ -125,6 +204,8 @@ def make_caption(attributes, rng: np.random.Generator, split: str = "train",
 
     def pick(group, value):
         options = words[group][value]
+        if split == "train" and rng.random() < HAND_SHARE:     # the short hand list stays as common as before
+            options = _HAND_WORDS[group][value]
         return options[rng.integers(len(options))]
 
     mentioned: dict[str, int] = {}
@@ -157,6 +238,8 @@ def make_caption(attributes, rng: np.random.Generator, split: str = "train",
         bg = " " + pick("bg", values["bg_dark"])
         mentioned["bg_dark"] = values["bg_dark"]
 
+    if split == "train" and rng.random() < HAND_SHARE:
+        templates = _HAND_TEMPLATES
     template = templates[rng.integers(len(templates))]
     text = template.format(np=f"{article} {phrase}", where=where, bg=bg)
     return text, {name: mentioned[name] for name in ATTRIBUTES if name in mentioned}
