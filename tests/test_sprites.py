@@ -18,6 +18,10 @@ from train.data.captions import (
 from train.data.sprites import SPLITS, SpritesDataset, attributes_to_dict, render, render_batch, to_tensor, to_uint8
 
 N = 200
+# held-out captions of the first two test sprites, seed 0, as main @ 14d9b0e drew them
+HELDOUT_PINNED = ["look, a sizeable unfilled purple square appears toward the left up high before a deep black backdrop",
+                  "you can see a sizeable outline-only grass-green tile left of centre below the middle before a "
+                  "deep black backdrop"]
 
 
 @pytest.fixture(scope="module")
@@ -183,6 +187,61 @@ def test_heldout_templates_are_disjoint_from_train():
     train = {make_caption(vec, rng, "train", 0.0)[0] for _ in range(300)}
     heldout = {make_caption(vec, rng, "heldout", 0.0)[0] for _ in range(300)}
     assert not train & heldout
+
+
+def test_training_language_reuses_no_heldout_word():
+    """The held-out score stays honest: no training word or template reuses a held-out token — not exactly,
+    not by stem, not one letter apart, not as the start of a compound (the shared plain names aside)."""
+    from train.data.captions import SHARED_TOKENS, heldout_tokens, leaks
+    forbidden = heldout_tokens()
+    assert {"scarlet", "cobalt", "tile", "huge", "backdrop", "toward", "painted", "scene"} <= forbidden
+    assert not forbidden & SHARED_TOKENS
+    # the rule itself catches the variants it is there for (and lets unrelated words through)
+    assert leaks("a sizable cobalt tile toward the center") == ["sizable (sizeable)", "cobalt", "tile", "toward",
+                                                                "center (centre)"]
+    assert [x.split()[0] for x in leaks("palish downward seeing lows")] == ["palish", "downward", "seeing", "lows"]
+    assert leaks("a light red circle on the left at the top of a dark background") == []
+    phrases = [w for values in TRAIN_WORDS.values() for words in values.values() for w in words] + TRAIN_TEMPLATES
+    assert len(phrases) > 5000                       # the generated vocabulary is loaded, not only the hand lists
+    assert {p: leaks(p) for p in phrases if leaks(p)} == {}
+    heldout = [w for values in HELDOUT_WORDS.values() for words in values.values() for w in words]
+    shared = {w for values in TRAIN_WORDS.values() for words in values.values() for w in words} & set(heldout)
+    assert shared == {"circle", "square", "triangle", *COLORS}
+    rng = np.random.default_rng(3)
+    _, attrs, _ = render_batch(range(200), "train", 32)
+    assert not [t for t in (make_caption(a, rng, "train")[0] for a in attrs) if leaks(t)]
+
+
+def test_training_vocabulary_values_are_unambiguous():
+    """A generated word names one value of its group only, and every value gained words."""
+    from train.data.captions import _HAND_WORDS
+    for group, values in TRAIN_WORDS.items():
+        seen = {}
+        for value, words in values.items():
+            assert len(words) >= len(_HAND_WORDS[group][value]) and len(set(words)) == len(words)
+            for w in words:
+                seen.setdefault(w, set()).add(value)
+        assert {w: v for w, v in seen.items() if len(v) > 1} == {}, group
+        assert sum(map(len, values.values())) > 2 * sum(map(len, _HAND_WORDS[group].values())), group
+
+
+def test_heldout_captions_are_unchanged():
+    """The held-out test set is the one earlier scores were measured on (broadening training must not move it)."""
+    rng = np.random.default_rng(0)
+    _, attrs, _ = render_batch(range(SPLITS["test"][0], SPLITS["test"][0] + 2), "test", 32)
+    assert [make_caption(a, rng, "heldout")[0] for a in attrs] == HELDOUT_PINNED
+
+
+def test_vocabulary_file_is_what_wordnet_gives():
+    """Re-derive train/data/caption_vocabulary.json from WordNet (needs Debian's wordnet-base)."""
+    from pathlib import Path
+
+    from train.data.wordnet import DEFAULT_DIR
+    if not (Path(DEFAULT_DIR) / "data.noun").is_file():
+        pytest.skip("WordNet database not installed (apt-get install wordnet-base)")
+    pytest.importorskip("matplotlib")
+    from train import caption_vocabulary
+    assert caption_vocabulary.main(["--check"]) == 0
 
 
 def test_load_captions_jsonl(tmp_path):
