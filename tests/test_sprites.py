@@ -22,6 +22,8 @@ N = 200
 HELDOUT_PINNED = ["look, a sizeable unfilled purple square appears toward the left up high before a deep black backdrop",
                   "you can see a sizeable outline-only grass-green tile left of centre below the middle before a "
                   "deep black backdrop"]
+TRAIN_PINNED = ["an oversized hollow violet square is shown on the left at the top on a black field",
+                "a large-sized framed jade square shape to the left in the lower region on a dim background"]
 
 
 @pytest.fixture(scope="module")
@@ -201,35 +203,42 @@ def test_training_language_reuses_no_heldout_word():
                                                                 "center (centre)"]
     assert [x.split()[0] for x in leaks("palish downward seeing lows")] == ["palish", "downward", "seeing", "lows"]
     assert leaks("a light red circle on the left at the top of a dark background") == []
-    phrases = [w for values in TRAIN_WORDS.values() for words in values.values() for w in words] + TRAIN_TEMPLATES
+    from train.data.captions import BROAD_TEMPLATES, BROAD_WORDS
+    phrases = [w for values in BROAD_WORDS.values() for words in values.values() for w in words] + BROAD_TEMPLATES
     assert len(phrases) > 5000                       # the generated vocabulary is loaded, not only the hand lists
+    assert set(TRAIN_TEMPLATES) <= set(BROAD_TEMPLATES)
     assert {p: leaks(p) for p in phrases if leaks(p)} == {}
     heldout = [w for values in HELDOUT_WORDS.values() for words in values.values() for w in words]
-    shared = {w for values in TRAIN_WORDS.values() for words in values.values() for w in words} & set(heldout)
+    shared = {w for values in BROAD_WORDS.values() for words in values.values() for w in words} & set(heldout)
     assert shared == {"circle", "square", "triangle", *COLORS}
     rng = np.random.default_rng(3)
     _, attrs, _ = render_batch(range(200), "train", 32)
-    assert not [t for t in (make_caption(a, rng, "train")[0] for a in attrs) if leaks(t)]
+    for split in ("train", "broad"):
+        assert not [t for t in (make_caption(a, rng, split)[0] for a in attrs) if leaks(t)]
 
 
 def test_training_vocabulary_values_are_unambiguous():
     """A generated word names one value of its group only, and every value gained words."""
-    from train.data.captions import _HAND_WORDS
-    for group, values in TRAIN_WORDS.items():
+    from train.data.captions import BROAD_WORDS
+    for group, values in BROAD_WORDS.items():
         seen = {}
         for value, words in values.items():
-            assert len(words) >= len(_HAND_WORDS[group][value]) and len(set(words)) == len(words)
+            assert len(words) >= len(TRAIN_WORDS[group][value]) and len(set(words)) == len(words)
             for w in words:
                 seen.setdefault(w, set()).add(value)
         assert {w: v for w, v in seen.items() if len(v) > 1} == {}, group
-        assert sum(map(len, values.values())) > 2 * sum(map(len, _HAND_WORDS[group].values())), group
+        assert sum(map(len, values.values())) > 2 * sum(map(len, TRAIN_WORDS[group].values())), group
 
 
-def test_heldout_captions_are_unchanged():
-    """The held-out test set is the one earlier scores were measured on (broadening training must not move it)."""
-    rng = np.random.default_rng(0)
+def test_heldout_and_default_captions_are_unchanged():
+    """The held-out test set is the one earlier scores were measured on, and the default training captions (and
+    so the demo's caption cache) are those of before the broad language existed."""
     _, attrs, _ = render_batch(range(SPLITS["test"][0], SPLITS["test"][0] + 2), "test", 32)
-    assert [make_caption(a, rng, "heldout")[0] for a in attrs] == HELDOUT_PINNED
+    for split, pinned in (("heldout", HELDOUT_PINNED), ("train", TRAIN_PINNED)):
+        rng = np.random.default_rng(0)
+        assert [make_caption(a, rng, split)[0] for a in attrs] == pinned
+    rng = np.random.default_rng(0)
+    assert [make_caption(a, rng, "broad")[0] for a in attrs] != TRAIN_PINNED
 
 
 def test_vocabulary_file_is_what_wordnet_gives():

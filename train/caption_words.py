@@ -1,6 +1,6 @@
 """Which training word does the sentence encoder put nearest to each held-out word?
 
-    python -m train.caption_words [--text-encoder PATH] [--json]
+    python -m train.caption_words [--text-encoder PATH] [--language train|broad] [--json]
 
 text2image learns the meaning of a caption only from the training language (TRAIN_WORDS); a held-out
 synonym can be read right only if the encoder places it nearer the training words of its own value
@@ -17,14 +17,14 @@ import json
 import torch.nn.functional as F
 
 from train.core.common import run_cli
-from train.data.captions import HELDOUT_WORDS, TRAIN_WORDS
+from train.data.captions import BROAD_WORDS, HELDOUT_WORDS, TRAIN_WORDS
 from train.experts.text import TextEncoder
 
 
-def neighbours(encoder) -> list[dict]:
+def neighbours(encoder, train_words: dict = TRAIN_WORDS) -> list[dict]:
     rows = []
     for group, values in HELDOUT_WORDS.items():
-        train = [(value, word) for value, words in TRAIN_WORDS[group].items() if value is not None for word in words]
+        train = [(value, word) for value, words in train_words[group].items() if value is not None for word in words]
         bank = F.normalize(encoder.encode([w for _, w in train]), dim=1)
         for value, words in values.items():
             if value is None:             # the "no shape named" nouns have no value to read
@@ -37,7 +37,7 @@ def neighbours(encoder) -> list[dict]:
                 other = max(s for v, s in best.items() if v != str(value))
                 rows.append({"group": group, "value": str(value), "word": word, "nearest": near_word,
                              "nearest_value": str(near_value), "right": near_value == value, "best": best,
-                             "margin": best[str(value)] - other, "trained": word in TRAIN_WORDS[group][value]})
+                             "margin": best[str(value)] - other, "trained": word in train_words[group][value]})
     return rows
 
 
@@ -45,9 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m train.caption_words", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--text-encoder", help="sentence-transformers folder (default: all-MiniLM-L6-v2)")
+    ap.add_argument("--language", choices=("train", "broad"), default="train",
+                    help="training words to compare with: the hand-written ones or the broad vocabulary (docs/tasks.md)")
     ap.add_argument("--json", action="store_true", help="print the rows as one JSON list")
     args = ap.parse_args(argv)
-    rows = neighbours(TextEncoder(args.text_encoder))
+    rows = neighbours(TextEncoder(args.text_encoder), BROAD_WORDS if args.language == "broad" else TRAIN_WORDS)
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0

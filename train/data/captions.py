@@ -18,7 +18,7 @@ import numpy as np
 from train.core.errors import UserError
 from train.data import ATTRIBUTES, COLORS, GROUPS, SHAPES
 
-_HAND_TEMPLATES = [
+TRAIN_TEMPLATES = [
     "{np}{where}{bg}",
     "there is {np}{where}{bg}",
     "a picture of {np}{where}{bg}",
@@ -43,7 +43,7 @@ HELDOUT_TEMPLATES = [
 # so a held-out caption always differs from every train caption in its frame. The train language is
 # broad on purpose: with 2-3 synonyms per value a linear probe on MiniLM embeddings of train captions
 # read shape off held-out captions 78 % of the time, with these six 97 % (colour 66 -> 70 %).
-_HAND_WORDS = {
+TRAIN_WORDS = {
     "shape": {"circle": ["circle", "disc", "round shape", "round object", "orb", "circular form"],
               "square": ["square", "box", "block", "square shape", "four-sided shape", "quadrilateral"],
               "triangle": ["triangle", "triangular shape", "wedge", "three-sided shape", "pyramid shape"],
@@ -154,12 +154,15 @@ def _merge(hand: dict, extra: dict) -> dict:
 
 
 _EXTRA_WORDS, _EXTRA_TEMPLATES = _load_vocabulary()
-# Share of training picks drawn from the hand-written lists alone (the rest from everything): the generated
+# The "broad" training language (opt-in, `--caption-language broad`): the hand-written words plus the generated
+# vocabulary (docs/tasks.md). Measured in docs/results.md: it reads broad phrasings better but not the held-out
+# ones, and the plain training phrasing worse, so "train" stays the default.
+BROAD_WORDS = _merge(TRAIN_WORDS, _EXTRA_WORDS)
+BROAD_TEMPLATES = list(dict.fromkeys(TRAIN_TEMPLATES + _EXTRA_TEMPLATES))
+# Share of "broad" picks drawn from the hand-written lists alone (the rest from everything): the generated
 # lists are long (thousands of background phrases), and plain words like "on the left" must stay frequent.
 HAND_SHARE = 0.5
-# What training says: the hand-written language plus the generated vocabulary (docs/tasks.md).
-TRAIN_WORDS = _merge(_HAND_WORDS, _EXTRA_WORDS)
-TRAIN_TEMPLATES = list(dict.fromkeys(_HAND_TEMPLATES + _EXTRA_TEMPLATES))
+SPLITS = ("train", "broad", "heldout")
 
 _SINGLE = {"size": "size_large", "style": "style_outline", "h": "pos_left", "v": "pos_top", "bg": "bg_dark"}
 _GROUP_ORDER = ["shape", "color", "size", "style", "h", "v", "bg"]
@@ -184,13 +187,15 @@ def make_caption(attributes, rng: np.random.Generator, split: str = "train",
                  partial_prob: float = 0.3) -> tuple[str, dict[str, int]]:
     """Describe `attributes` in one sentence; return (text, the attributes the text determines).
 
-    split: "train" (TRAIN_TEMPLATES/WORDS) or "heldout" (HELDOUT_TEMPLATES/WORDS).
+    split: "train" (TRAIN_TEMPLATES/WORDS), "broad" (those plus the generated vocabulary, BROAD_*) or
+    "heldout" (HELDOUT_TEMPLATES/WORDS).
     With probability `partial_prob` each group is kept only with probability 1/2 (at least one
     group stays); otherwise every group is mentioned.
     """
-    if split not in ("train", "heldout"):
-        raise ValueError(f"caption split must be 'train' or 'heldout', got {split!r}")
-    templates, words = (TRAIN_TEMPLATES, TRAIN_WORDS) if split == "train" else (HELDOUT_TEMPLATES, HELDOUT_WORDS)
+    if split not in SPLITS:
+        raise ValueError(f"caption split must be one of {', '.join(SPLITS)}, got {split!r}")
+    templates, words = {"train": (TRAIN_TEMPLATES, TRAIN_WORDS), "broad": (BROAD_TEMPLATES, BROAD_WORDS),
+                        "heldout": (HELDOUT_TEMPLATES, HELDOUT_WORDS)}[split]
     values = _as_dict(attributes)
     shape = next(s for s in SHAPES if values[f"shape_{s}"])
     color = next(c for c in COLORS if values[f"color_{c}"])
@@ -204,8 +209,8 @@ def make_caption(attributes, rng: np.random.Generator, split: str = "train",
 
     def pick(group, value):
         options = words[group][value]
-        if split == "train" and rng.random() < HAND_SHARE:     # the short hand list stays as common as before
-            options = _HAND_WORDS[group][value]
+        if split == "broad" and rng.random() < HAND_SHARE:     # the short hand list stays as common as before
+            options = TRAIN_WORDS[group][value]
         return options[rng.integers(len(options))]
 
     mentioned: dict[str, int] = {}
@@ -238,8 +243,8 @@ def make_caption(attributes, rng: np.random.Generator, split: str = "train",
         bg = " " + pick("bg", values["bg_dark"])
         mentioned["bg_dark"] = values["bg_dark"]
 
-    if split == "train" and rng.random() < HAND_SHARE:
-        templates = _HAND_TEMPLATES
+    if split == "broad" and rng.random() < HAND_SHARE:
+        templates = TRAIN_TEMPLATES
     template = templates[rng.integers(len(templates))]
     text = template.format(np=f"{article} {phrase}", where=where, bg=bg)
     return text, {name: mentioned[name] for name in ATTRIBUTES if name in mentioned}

@@ -59,6 +59,8 @@ class SpriteOptions:
     text_encoder: str | None = option(help="text tasks: sentence-transformers folder (default: all-MiniLM-L6-v2)")
     caption_cache: str | None = option(help="text2image: folder of cached caption embeddings "
                                              "(default: 'captions' beside the --ae run folder)")
+    caption_language: str = option("train", "text2image: training captions: train (the hand-written language) or "
+                                   "broad (plus the WordNet vocabulary, docs/tasks.md)", choices=("train", "broad"))
 
 
 def sprite_ae(req: PairRequest):
@@ -85,8 +87,9 @@ def caption_embeddings(options: SpriteOptions, data: dict, seed: int) -> tuple[T
     encoder = TextEncoder(options.text_encoder)
     count, k = data["text_images"], data["captions_per_image"]
     a = torch.from_numpy(sprite_attributes(range(count), "train"))
-    cache = caption_cache_dir(options) / f"captions_{Path(encoder.path).name}_{count}x{k}_s{seed}.safetensors"
-    texts = [t for pool in caption_pool(a, k, "train", seed) for t in pool]
+    language = "" if options.caption_language == "train" else f"_{options.caption_language}"
+    cache = caption_cache_dir(options) / f"captions_{Path(encoder.path).name}_{count}x{k}_s{seed}{language}.safetensors"
+    texts = [t for pool in caption_pool(a, k, options.caption_language, seed) for t in pool]
     return encoder, embed_captions(encoder, texts, cache).reshape(count, k, -1)
 
 
@@ -103,9 +106,10 @@ def _text_pairs(req: PairRequest) -> TrainingPairs:
     # fewer images than `attributes`: every caption costs a MiniLM forward pass on the CPU
     a, z = sprite_latents(req.options.ae, ae, "train", req.data["text_images"])
     va, vz = sprite_latents(req.options.ae, ae, "val", req.data["val_images"])
-    val_texts = [p[0] for p in caption_pool(va, 1, "train", req.seed + 1)]
+    val_texts = [p[0] for p in caption_pool(va, 1, req.options.caption_language, req.seed + 1)]
     val_cond = encoder.encode(val_texts)
-    info = {"task": "text2image", "ae": req.options.ae, "data": req.data, "text_encoder": encoder.path}
+    info = {"task": "text2image", "ae": req.options.ae, "data": req.data, "text_encoder": encoder.path,
+            "caption_language": req.options.caption_language}
     return TrainingPairs(SpritePairs(cond, z, val_cond, vz), info)
 
 
