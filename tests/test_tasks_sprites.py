@@ -98,6 +98,15 @@ def test_caption_embeddings_are_prepared_without_the_ae(tmp_path):
     assert not ae.exists()
     cached = list((tmp_path / "nothing-here" / "captions").glob("captions_*_256x2_s0.safetensors"))
     assert len(cached) == 1
+    # the broad training language keeps a cache of its own beside the default one (and leaves that one alone)
+    p = subprocess.run([sys.executable, "-m", "train.tasks_sprites", "--embed-captions", "--preset", "smoke",
+                        "--ae", str(ae), "--caption-language", "broad"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0, p.stderr
+    caches = sorted(c.name for c in (tmp_path / "nothing-here" / "captions").iterdir())
+    assert len(caches) == 2 and caches[0].endswith("_s0.safetensors") and caches[1].endswith("_s0_broad.safetensors")
+    from train.core.common import load_tensors
+    assert load_tensors(cached[0])["embeddings"].shape == (512, 384)
 
 
 def test_caption_cache_is_keyed_by_the_texts(tmp_path):
