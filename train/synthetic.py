@@ -6,7 +6,8 @@
 
 Each generator's data goes to OUT/NAME/data ({train,test}_{source,target}.npy and truth.json with H(zΘ|zΦ) in
 nats per target dim). With --train, τ is trained on it with a `features` preset (OUT/NAME/cinn, as
-`python -m train.cinn --task features` would) and evaluated on the test split; the table shows the gap,
+`python -m train.cinn --task features` would) and evaluated on the test split (OUT/NAME/gap.json, and
+OUT/gaps.json for `all`); the table shows the gap,
 test NLL − H(zΘ|zΦ), which is KL(p‖q)/D >= 0. Generators (train/data/synthetic.py):
 """
 from __future__ import annotations
@@ -23,7 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     listing = "\n".join(f"  {name:8s} {g.summary}" for name, g in GENERATORS.items())
     ap = ArgParser(prog="python -m train.synthetic", description=__doc__ + listing,
                    formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--generator", default="base", help=f"{' | '.join(GENERATORS)} | all (default base)")
+    ap.add_argument("--generator", default="base",
+                    help=f"{' | '.join(GENERATORS)} | all, or several joined by commas (default base)")
     ap.add_argument("--list", action="store_true", help="print the generators' true entropies and exit")
     ap.add_argument("--out", default="runs/synthetic", help="root folder: OUT/NAME/data and OUT/NAME/cinn")
     ap.add_argument("--n", type=int, default=40_000, help="training pairs (10 %% of them validate)")
@@ -38,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    names = list(GENERATORS) if args.generator == "all" else [get(args.generator).name]
+    names = list(GENERATORS) if args.generator == "all" else [get(n.strip()).name for n in args.generator.split(",")]
     if args.n < 20 or args.n_test < 2:
         raise UserError(f"--n must be >= 20 and --n-test >= 2 (got {args.n}, {args.n_test})")
     if args.list:
@@ -48,8 +50,10 @@ def main(argv=None) -> int:
         for name in names:
             rows.append(measure_gap(name, f"{args.out}/{name}", args.preset, args.n, args.n_test, args.seed,
                                     args.steps))
+            atomic_write_json(f"{args.out}/{name}/gap.json", rows[-1])
             print(f"{name}: gap {rows[-1]['gap']:.4f} nats/dim", flush=True)
-        atomic_write_json(f"{args.out}/gaps.json", rows if len(rows) > 1 else rows[0])
+        if args.generator == "all":
+            atomic_write_json(f"{args.out}/gaps.json", rows)
     else:
         rows = []
         for name in names:
