@@ -10,7 +10,7 @@ from train.data.synthetic import TARGET_DIM, sample_pairs, true_conditional_entr
 def test_short_training_reaches_true_conditional_entropy(tmp_path):
     c, z = sample_pairs(20_000, seed=0)
     c_test, z_test = sample_pairs(5_000, seed=1)
-    truth = true_conditional_entropy(200_000)
+    truth = true_conditional_entropy("base")
     cfg = FlowConfig(TARGET_DIM, (4,), num_blocks=8, hidden=256).to_dict()
     model = train("cinn", cfg, TrainConfig(steps=1200, batch_size=256, lr=1e-3, val_every=600, ckpt_every=10**9),
                   TensorPairs(c, z), tmp_path / "run")

@@ -166,3 +166,22 @@ def test_mlp_baseline_is_deterministic():
     mlp = MLPTranslator(MLPConfig(target_dim=7, cond_shape=(5,)))
     out = mlp.sample(torch.randn(2, 5), num_samples=3)
     assert out.shape == (6, 7) and torch.equal(out[0], out[2])
+
+
+def test_dropout_regularises_training_only_and_keeps_old_weight_names():
+    """Dropout in the coupling subnetworks acts in train mode only: eval-mode τ is deterministic and exactly
+    invertible, and without dropout the state-dict names (old checkpoints) are unchanged."""
+    kw = dict(target_dim=6, cond_shape=(3,), num_blocks=2, hidden=32, embed_hidden=32)
+    torch.manual_seed(0)
+    flow = ConditionalINN(FlowConfig(**kw, dropout=0.3))
+    with torch.no_grad():
+        for p in flow.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    z, c = torch.randn(16, 6), torch.randn(16, 3)
+    flow.train()
+    assert not torch.equal(flow.inverse(z, c)[0], flow.inverse(z, c)[0])
+    flow.eval()
+    v, _ = flow.inverse(z, c)
+    assert torch.equal(v, flow.inverse(z, c)[0]) and torch.allclose(flow(v, c), z, atol=1e-5)
+    plain = set(ConditionalINN(FlowConfig(**kw)).state_dict())
+    assert "blocks.1.first.st.2.weight" in plain and "blocks.1.first.st.3.weight" in flow.state_dict()

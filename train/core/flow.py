@@ -31,6 +31,7 @@ class FlowConfig:
     hidden: int = 256                  # subnetwork width (paper: 8·D, Tab. S3a)
     depth: int = 2                     # hidden layers per subnetwork (paper: 4)
     clamp: float = 2.0                 # soft clamp α of the log-scale, see `soft_clamp`
+    dropout: float = 0.0               # dropout in the coupling subnetworks while training (regularises small data)
     fused: bool = True                 # one subnetwork emits both s and t (same math, half the matmuls)
     cond_whiten: float | None = None   # vector zΦ: None = standardise per dim; λ >= 0 = shrinkage whitening
     seed: int = 0                      # seeds the fixed permutations
@@ -62,12 +63,15 @@ def soft_clamp(s: torch.Tensor, alpha: float) -> torch.Tensor:
     return alpha * torch.tanh(s / alpha)
 
 
-def mlp(d_in: int, d_out: int, hidden: int, depth: int, zero_last: bool = False) -> nn.Sequential:
+def mlp(d_in: int, d_out: int, hidden: int, depth: int, zero_last: bool = False,
+        dropout: float = 0.0) -> nn.Sequential:
     """Tab. S3a: (FC, LReLU(0.01)) -> depth-1 x (FC, LReLU) -> FC. With zero_last the net starts at 0,
-    so every coupling starts as the identity."""
-    layers: list[nn.Module] = [nn.Linear(d_in, hidden), nn.LeakyReLU(0.01)]
+    so every coupling starts as the identity. `dropout` > 0 follows each LReLU (only then: layer indices,
+    and so older checkpoints, stay as they were); in eval mode it is the identity, so τ stays exactly invertible."""
+    drop = [nn.Dropout(dropout)] if dropout > 0 else []
+    layers: list[nn.Module] = [nn.Linear(d_in, hidden), nn.LeakyReLU(0.01), *drop]
     for _ in range(depth - 1):
-        layers += [nn.Linear(hidden, hidden), nn.LeakyReLU(0.01)]
+        layers += [nn.Linear(hidden, hidden), nn.LeakyReLU(0.01), *([nn.Dropout(dropout)] if dropout > 0 else [])]
     last = nn.Linear(hidden, d_out)
     if zero_last:
         nn.init.zeros_(last.weight)
@@ -135,10 +139,10 @@ class AffineHalf(nn.Module):
         super().__init__()
         self.clamp = cfg.clamp
         if cfg.fused:
-            self.st = mlp(d_in, 2 * d_out, cfg.hidden, cfg.depth, zero_last=True)
+            self.st = mlp(d_in, 2 * d_out, cfg.hidden, cfg.depth, zero_last=True, dropout=cfg.dropout)
         else:
-            self.s = mlp(d_in, d_out, cfg.hidden, cfg.depth, zero_last=True)
-            self.t = mlp(d_in, d_out, cfg.hidden, cfg.depth, zero_last=True)
+            self.s = mlp(d_in, d_out, cfg.hidden, cfg.depth, zero_last=True, dropout=cfg.dropout)
+            self.t = mlp(d_in, d_out, cfg.hidden, cfg.depth, zero_last=True, dropout=cfg.dropout)
 
     def forward(self, x: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         xh = torch.cat([x, h], dim=1)
