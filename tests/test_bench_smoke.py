@@ -26,6 +26,7 @@ def _tiny_bundle(tmp_path):
     cinn.main(["--task", "features", "--source", str(tmp_path / "c.npy"), "--target", str(tmp_path / "z.npy"),
                "--out", str(run), "--preset", "smoke", "--steps", "4"])
     export_onnx.main(["--task", "features", "--run", str(run), "--out", str(bundle), "--precision", "int8",
+                      "--int8-min-speedup", "0",
                       "--val-pairs", "16"])
     return bundle
 
