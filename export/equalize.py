@@ -15,10 +15,15 @@ weights absorb it:
     embedder's first layer): an explicit fp32 Mul by 1/s before the MatMul and row j of W multiplied by
     s_j (the SmoothQuant form, Xiao et al. 2023).
 
-s_j = a_j^alpha / w_j^(1 - alpha), with a_j the channel's largest |x| over the calibration data of BOTH
-directions and w_j the largest |W[j, :]| (SmoothQuant's migration strength; alpha = 0 leaves the graph's
-ranges as they are up to a constant). Both directions get the same s from the same union of ranges and
-the same initializer names, so the int8 weights and scales stay identical in τ and τ⁻¹.
+Centering (`center`): a LeakyReLU output is almost all >= 0, so a symmetric (zero point 0, as TensorRT
+needs) scale wastes half of int8 on values that never occur. Subtracting each channel's midpoint m_j
+(an fp32 Add before the quantized MatMul) and adding m W to the MatMul's bias is exact and gives the
+int8 grid the whole range: the effect of asymmetric uint8 activations, kept TensorRT-compatible.
+
+s_j = a_j^alpha / w_j^(1 - alpha), with a_j the channel's largest |x| (half its width when centred) over
+the calibration data of BOTH directions and w_j the largest |W[j, :]| (SmoothQuant's migration
+strength). Both directions get the same s and m from the same union of ranges and the same initializer
+names, so the int8 weights and scales stay identical in τ and τ⁻¹.
 """
 from __future__ import annotations
 

@@ -8,18 +8,22 @@ fixed at export from calibration data, so each row is computed alone, and the QD
 explicit-quantization (strongly typed) TensorRT networks take.
 
 Steps:
+  0. equalization (export.equalize, exact in fp32): per-channel scales moved from each MatMul input into
+     its weight (through LeakyReLU for hidden layers, an fp32 Mul elsewhere; strength EQUALIZE_ALPHA) and
+     each input channel centred on its midpoint (an fp32 Add, the bias corrected), so one symmetric
+     per-tensor int8 scale covers every channel; the same scales in both directions;
   1. calibration: onnxruntime's MinMax calibrator over the run's pairs, τ⁻¹ fed (z, cond) and τ fed
      (v, cond) with v = τ⁻¹(z | cond) (fp32), so both directions see realistic activations;
   2. shared ranges: every MatMul input's range is the union over both directions, keyed by the weight it
      multiplies, so the two graphs carry identical weights AND identical activation scales (the coupling
      subnetworks of τ and τ⁻¹ then compute the same numbers, which keeps the round trip tight);
-  3. groups by measurement: the condition whitening, the condition embedder H and each coupling block are
-     quantized alone and their NLL drift measured (on the calibration pairs); groups costing more than a
-     third of the drift budget alone stay fp32, then the worst remaining ones until the whole graph meets
-     it. The manifest records each group's precision and measured drift;
+  3. groups by measurement: the condition whitening, the condition embedder H and, per coupling block,
+     its subnetworks' first, hidden and last layers (`weight_group`) are quantized alone and their NLL
+     drift measured (on the calibration pairs); the most sensitive groups stay fp32, as few as bring the
+     whole graph within CHOICE_SHARE of the budget (bisection). The manifest records each group;
   4. the pair is written only if it meets NLL drift (absolute nats/dim), round trip and batch
-     independence, and at least half its MatMul weights are int8; otherwise `Int8Refused` says which and
-     no int8 stage is written.
+     independence on the validation pairs, at least half its MatMul weights are int8, and it is faster
+     than fp32 at batch 1 or 8; otherwise `Int8Refused` says which and no int8 stage is written.
 Weights: symmetric int8, per output channel; activations: symmetric int8 (zero point 0, as TensorRT needs).
 """
 from __future__ import annotations
