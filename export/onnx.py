@@ -282,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"int8 (static, {q['calibration_pairs']} calibration pairs: {q['calibration_origin']}): round trip "
               f"{q['roundtrip_rel']:.2e}, NLL drift {q['nll_drift_nats_per_dim']:+.5f} nats/dim (absolute), "
               f"batch dependence {q['v_batch_dependence_max_abs']:.1e}, fp32 kept for "
-              f"{', '.join(q['fp32_groups']) or 'nothing'}, speed-up {q['speedup_batch1']:.2f}x (batch 1), {q['speedup_batch8']:.2f}x (batch 8)")
+              f"{', '.join(q['fp32_groups']) or 'nothing'}, speed-up {q['speedup_batch1']:.2f}x (batch 1), "
+              f"{q['speedup_batch8']:.2f}x (batch 8)")
     for w in m["warnings"]:
         print(f"warning: {w}")
     return 0
