@@ -84,8 +84,14 @@ def bundle_table(name: str, b: dict) -> list[str]:
                      f"{floor} | {_fmt(row['measured_over_floor'])} | {row['halves_rel_diff']:.1%} |")
     diag = ", ".join(f"{k} {d['median_ms'] * 1e3:.1f} µs" for k, d in b["diagnostics"].items())
     lines += ["", f"Batch-1 diagnostics (median): {diag}."]
-    acc = b.get("int8_accuracy")
-    if acc:
+    acc = b.get("int8_accuracy") or {}
+    dep = acc.get("v_batch_dependence_max_abs") or {}
+    if dep:
+        lines.append("Batch dependence (τ⁻¹, a row alone vs inside calls of 8 and 64, max |Δv|): "
+                     + ", ".join(f"{p} {d:.1e}" for p, d in dep.items()) + ".")
+    if "refused" in acc:
+        lines.append(f"No int8 stage: {acc['refused']}")
+    if "by_batch" in acc:
         per = "; ".join(f"batch {n}: round trip {r['roundtrip_rel']:.2e}, NLL drift {r['nll_drift_nats_per_dim']:+.5f}"
                         for n, r in acc["by_batch"].items())
         check = acc.get("manifest_checks") or {}

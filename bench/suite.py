@@ -88,12 +88,26 @@ def flow_graph_facts(data: BundleData, threads: int) -> dict:
     return out
 
 
-def int8_accuracy(data: BundleData, batches=BATCHES) -> dict | None:
-    """Round trip τ_int8(τ⁻¹_int8(z)) vs z and NLL drift int8 vs fp32 on the bundle's validation pairs,
-    run through the Pipeline in chunks of each bench batch (int8 activations are quantized per call, so
-    both depend on which rows share a call); the verdict quantities are the worst over the batches."""
+def batch_dependence_by_precision(data: BundleData) -> dict[str, float]:
+    """max |Δv| of a row of τ⁻¹ alone vs inside calls of 8 and 64 other validation rows, per precision the
+    bundle has (through the Pipeline): 0 when rows are independent of their batch."""
+    from runtime.numerics import batch_dependence
+    z, cond = data.val["target"], data.val["cond"]
+    out = {}
+    for precision in ("fp32", "int8") if data.has_int8 else ("fp32",):
+        p = Pipeline.load(data.dir, backend="onnxruntime", precision=precision, max_batch=64)
+        out[precision] = batch_dependence(lambda f, p=p: p.flow_inverse(f["z"], f["cond"])[0], {"z": z, "cond": cond})
+    return out
+
+
+def int8_accuracy(data: BundleData, batches=BATCHES) -> dict:
+    """Round trip τ_int8(τ⁻¹_int8(z)) vs z and NLL drift int8 vs fp32 (absolute nats/dim) on the bundle's
+    validation pairs, run through the Pipeline in chunks of each bench batch (worst over the batches), and
+    the batch dependence of every precision. A bundle without int8 stages: export's reason (checks.int8)."""
+    check = data.manifest.get("checks", {}).get("int8")
     if not data.has_int8:
-        return None
+        return {"refused": (check or {}).get("refused", "exported without --precision int8"),
+                "manifest_checks": check, "v_batch_dependence_max_abs": batch_dependence_by_precision(data)}
     z, cond = data.val["target"], data.val["cond"]
     v32, ld32 = Pipeline.load(data.dir, backend="onnxruntime").flow_inverse(z, cond)
     nll32 = float(nll_per_dim(v32, ld32).mean())
@@ -109,7 +123,7 @@ def int8_accuracy(data: BundleData, batches=BATCHES) -> dict | None:
             "roundtrip_rel": max(r["roundtrip_rel"] for r in by_batch.values()),
             "nll_int8": worst["nll_int8"], "nll_drift_nats_per_dim": worst["nll_drift_nats_per_dim"],
             "nll_drift_rel": abs(worst["nll_drift_nats_per_dim"]) / max(abs(nll32), 1e-12),
-            "manifest_checks": data.manifest.get("checks", {}).get("int8")}
+            "v_batch_dependence_max_abs": batch_dependence_by_precision(data), "manifest_checks": check}
 
 
 def _row(case: Case, data: BundleData, fl: dict, threads: int) -> dict:

@@ -1,8 +1,9 @@
 """The project's performance targets on the CPU, judged on one run's results (every ratio side by side):
 
   (a) flow stage (τ and τ⁻¹) at batch 1 on onnxruntime fp32: median <= 1.1 x its memory floor
-  (b) int8 flow at batch 1: >= 2.8 x faster than fp32, round trip <= 1e-5, NLL drift <= 1 % (both on the
-      validation pairs through the Pipeline, worst over calls of each bench batch)
+  (b) int8 flow at batch 1: >= 2.8 x faster than fp32, round trip <= 1e-4, |NLL drift| <= 0.003 nats/dim
+      absolute (both on the validation pairs through the Pipeline, worst over calls of each bench batch),
+      batch dependence (a row alone vs inside calls of 8 and 64) <= 1e-5
   (c) translate end to end at batch 1: the runtime (onnxruntime fp32) >= 2 x faster than PyTorch eager
   (d) the same >= 1.2 x faster than the same modules under torch.compile (inductor, CPU)
 
@@ -12,7 +13,8 @@ when it could not be measured (detail says why); `missed_by` is how far off a mi
 """
 from __future__ import annotations
 
-FLOW_FLOOR_MAX, INT8_SPEEDUP_MIN, ROUNDTRIP_MAX, DRIFT_REL_MAX, E2E_SPEEDUP_MIN = 1.1, 2.8, 1e-5, 0.01, 2.0
+FLOW_FLOOR_MAX, INT8_SPEEDUP_MIN, ROUNDTRIP_MAX, DRIFT_ABS_MAX, E2E_SPEEDUP_MIN = 1.1, 2.8, 1e-4, 0.003, 2.0
+BATCH_DEPENDENCE_MAX = 1e-5
 COMPILE_SPEEDUP_MIN = 1.2
 SPLIT = ("encode_source", "flow_forward", "decode_target")    # the stages a translate call runs
 CHAIN = 100                    # Add nodes of bench.suite's kernel-overhead graph
@@ -94,26 +96,28 @@ def _int8_story(r32: dict, r8: dict, b: dict, stage: str) -> str:
 
 
 def _int8(name: str, b: dict) -> list[dict]:
-    acc, out = b.get("int8_accuracy"), []
+    acc, out = b.get("int8_accuracy") or {}, []
     for stage in ("flow_forward", "flow_inverse"):
         r32, r8 = row_of(b["rows"], "ort-fp32", stage), row_of(b["rows"], "ort-int8", stage)
         what = f"{stage} batch 1 speed-up int8 vs fp32"
         if r32 is None or r8 is None:
-            out.append(_verdict("b", name, what, None, INT8_SPEEDUP_MIN, False,
-                                b["skipped"].get("ort-int8", "not measured")))
+            why = acc.get("refused") or b["skipped"].get("ort-int8", "not measured")
+            out.append(_verdict("b", name, what, None, INT8_SPEEDUP_MIN, False, f"no int8 stage: {why}"))
             continue
         speedup = r32["median_ms"] / r8["median_ms"]
         out.append(_verdict("b", name, what, speedup, INT8_SPEEDUP_MIN, False, _int8_story(r32, r8, b, stage)))
-    if acc is None:
+    if "by_batch" not in acc:
         return out + [_verdict("b", name, "int8 round trip / NLL drift", None, ROUNDTRIP_MAX, True,
-                               "the bundle has no int8 stages")]
+                               f"no int8 stage: {acc.get('refused', 'not measured')}")]
     out.append(_verdict("b", name, "int8 round trip ‖τ(τ⁻¹(z)) - z‖/‖z‖", acc["roundtrip_rel"], ROUNDTRIP_MAX, True,
                         f"worst over calls of batch {', '.join(acc['by_batch'])} on {acc['pairs']} validation pairs ("
-                        + ", ".join(f"{n}: {r['roundtrip_rel']:.1e}" for n, r in acc["by_batch"].items())
-                        + "): activations are quantized per call with that call's range, so τ_int8 and "
-                          "τ⁻¹_int8 are not exact inverses and the error depends on which rows share a call"))
-    out.append(_verdict("b", name, "int8 NLL drift |ΔNLL| / |NLL_fp32|", acc["nll_drift_rel"], DRIFT_REL_MAX, True,
-                        f"NLL {acc['nll_fp32']:.4f} -> {acc['nll_int8']:.4f} nats/dim"))
+                        + ", ".join(f"{n}: {r['roundtrip_rel']:.1e}" for n, r in acc["by_batch"].items()) + ")"))
+    out.append(_verdict("b", name, "int8 |NLL drift|, absolute nats/dim", abs(acc["nll_drift_nats_per_dim"]),
+                        DRIFT_ABS_MAX, True, f"NLL {acc['nll_fp32']:.4f} -> {acc['nll_int8']:.4f} nats/dim"))
+    dep = acc.get("v_batch_dependence_max_abs", {})
+    if "int8" in dep:
+        out.append(_verdict("b", name, "int8 batch dependence max |Δv|", dep["int8"], BATCH_DEPENDENCE_MAX, True,
+                            f"fp32 {dep.get('fp32', float('nan')):.1e}"))
     return out
 
 

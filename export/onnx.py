@@ -22,10 +22,11 @@ pair must round-trip (‖τ(τ⁻¹(z)) - z‖ / ‖z‖ <= 1e-5 on real pairs; 
 10× the PyTorch model's own fp32 round trip, or 1e-5), else nothing is written.
 
 `--precision int8` adds flow_forward.int8 / flow_inverse.int8: static QDQ int8 calibrated on the run's
-training pairs (export.quantize: activation scales fixed at export, so rows are batch-independent;
-identical weights and scales in both directions, verified). A flow that misses the int8 targets
-(|NLL drift| <= --int8-max-drift nats/dim, round trip, batch independence) gets no int8 stage; the
-manifest's checks.int8 says why.
+training pairs after an exact per-channel equalization (export.quantize, export.equalize: activation
+scales fixed at export, so rows are batch-independent; identical weights and scales in both directions,
+verified). A flow that misses the int8 targets (|NLL drift| <= --int8-max-drift nats/dim, round trip,
+batch independence) or is slower than fp32 (--int8-min-speedup) gets no int8 stage; the manifest's
+checks.int8 says why.
 
 Validation pairs (validation/*.npy): `--val-source/--val-target` files if given; else the task's own
 held-out split (`Task.held_out_pairs`: rebuilt from the run's config.json exactly as the trainer built it);
@@ -47,7 +48,7 @@ import torch
 from export.bundle import ExportError, hash_tree, session, stage_entry, write_manifest
 from export.fuse import add_fused_stages
 from export.graph import FlowStage, check_parity, export_graph
-from export.quantize import MAX_DRIFT, Int8Refused, add_static_int8
+from export.quantize import MAX_DRIFT, MIN_SPEEDUP, Int8Refused, add_static_int8
 from export.stages import export_image_source, export_target, export_text, random_like_flow, source_kind
 from runtime.manifest import (
     FUSED_ROLES,
@@ -150,7 +151,8 @@ def _build(bundle: Path, model: ConditionalINN, experts: Experts, cond: np.ndarr
     if int8 is not None:
         c_cal, z_cal = int8.get("calibration") or (cond, z)
         try:
-            checks["int8"] = add_static_int8(bundle, c_cal, z_cal, cond, z, max_drift=int8.get("max_drift", MAX_DRIFT))
+            checks["int8"] = add_static_int8(bundle, c_cal, z_cal, cond, z, max_drift=int8.get("max_drift", MAX_DRIFT),
+                                             min_speedup=int8.get("min_speedup", MIN_SPEEDUP))
             checks["int8"]["calibration_origin"] = int8.get("origin", "validation pairs")
             for role in ("flow_forward", "flow_inverse"):
                 stages[stage_name(role, "int8")] = stage_entry(bundle, f"{role}.int8.onnx", role, "int8")
@@ -176,7 +178,7 @@ def export_bundle(model: ConditionalINN, experts: Experts, out: str | Path, *, t
                   z: np.ndarray, origin: str, source: dict, opset: int = DEFAULT_OPSET, int8: bool = False,
                   calibration: tuple[np.ndarray, np.ndarray] | None = None,
                   calibration_origin: str = "validation pairs", int8_max_drift: float = MAX_DRIFT,
-                  fuse: bool = True) -> dict:
+                  fuse: bool = True, int8_min_speedup: float = MIN_SPEEDUP) -> dict:
     """Write the bundle for `model` + `experts` to `out` (built in a temporary folder beside it, then
     swapped in, so a failed export never leaves half a bundle). Returns the manifest. int8: also the static
     int8 flow pair, calibrated on `calibration` (cond, z) pairs (default: the validation pairs)."""
@@ -191,7 +193,7 @@ def export_bundle(model: ConditionalINN, experts: Experts, out: str | Path, *, t
         model = model.eval()
         manifest = _build(tmp, model, experts, np.ascontiguousarray(cond, np.float32),
                           np.ascontiguousarray(z, np.float32), opset,
-                          dict(calibration=calibration, max_drift=int8_max_drift,
+                          dict(calibration=calibration, max_drift=int8_max_drift, min_speedup=int8_min_speedup,
                                origin=calibration_origin if calibration is not None else "validation pairs")
                           if int8 else None, fuse)
         manifest.update(schema_version=SCHEMA_VERSION, task=task, latent_dim=int(model.cfg.target_dim),
@@ -249,6 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calibration-pairs", type=int, default=1024, help="int8: training pairs that calibrate it")
     ap.add_argument("--int8-max-drift", type=float, default=MAX_DRIFT,
                     help="int8: largest |NLL drift| (nats/dim) on the validation pairs; else no int8 stage")
+    ap.add_argument("--int8-min-speedup", type=float, default=MIN_SPEEDUP,
+                    help="int8: smallest speed-up over fp32 (τ⁻¹ + τ, the better of batch 1 and 8) worth shipping; "
+                         "0 ships an accurate int8 pair however fast")
     args = ap.parse_args(argv)
     if args.val_pairs < 1 or args.opset < 14 or args.calibration_pairs < 1 or not args.int8_max_drift > 0:
         raise UserError("--val-pairs and --calibration-pairs must be >= 1, --opset >= 14, --int8-max-drift > 0")
@@ -266,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     c_cal, z_cal, cal_origin = calibration_pairs(task, config, model, args.calibration_pairs) if int8 else (0, 0, "")
     m = export_bundle(model, experts, out, task=task.name, cond=cond, z=z, origin=origin, source=source,
                       opset=args.opset, int8=int8, calibration=(c_cal, z_cal) if int8 else None,
-                      calibration_origin=cal_origin, int8_max_drift=args.int8_max_drift, fuse=not args.no_fuse)
+                      calibration_origin=cal_origin, int8_max_drift=args.int8_max_drift, fuse=not args.no_fuse,
+                      int8_min_speedup=args.int8_min_speedup)
     print(f"wrote {out}: stages {', '.join(sorted(m['stages']))}; {len(z)} validation pairs ({origin})")
     worst = max(max(r.values()) for r in m["checks"]["parity"].values())
     rt = max(m["checks"]["roundtrip_rel"].values())
@@ -276,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"int8 (static, {q['calibration_pairs']} calibration pairs: {q['calibration_origin']}): round trip "
               f"{q['roundtrip_rel']:.2e}, NLL drift {q['nll_drift_nats_per_dim']:+.5f} nats/dim (absolute), "
               f"batch dependence {q['v_batch_dependence_max_abs']:.1e}, fp32 kept for "
-              f"{', '.join(q['fp32_groups']) or 'nothing'}, batch-1 speed-up {q['speedup_batch1']:.2f}x")
+              f"{', '.join(q['fp32_groups']) or 'nothing'}, speed-up {q['speedup_batch1']:.2f}x (batch 1), "
+              f"{q['speedup_batch8']:.2f}x (batch 8)")
     for w in m["warnings"]:
         print(f"warning: {w}")
     return 0

@@ -8,18 +8,22 @@ fixed at export from calibration data, so each row is computed alone, and the QD
 explicit-quantization (strongly typed) TensorRT networks take.
 
 Steps:
+  0. equalization (export.equalize, exact in fp32): per-channel scales moved from each MatMul input into
+     its weight (through LeakyReLU for hidden layers, an fp32 Mul elsewhere; strength EQUALIZE_ALPHA) and
+     each input channel centred on its midpoint (an fp32 Add, the bias corrected), so one symmetric
+     per-tensor int8 scale covers every channel; the same scales in both directions;
   1. calibration: onnxruntime's MinMax calibrator over the run's pairs, τ⁻¹ fed (z, cond) and τ fed
      (v, cond) with v = τ⁻¹(z | cond) (fp32), so both directions see realistic activations;
   2. shared ranges: every MatMul input's range is the union over both directions, keyed by the weight it
      multiplies, so the two graphs carry identical weights AND identical activation scales (the coupling
      subnetworks of τ and τ⁻¹ then compute the same numbers, which keeps the round trip tight);
-  3. groups by measurement: the condition whitening, the condition embedder H and each coupling block are
-     quantized alone and their NLL drift measured (on the calibration pairs); groups costing more than a
-     third of the drift budget alone stay fp32, then the worst remaining ones until the whole graph meets
-     it. The manifest records each group's precision and measured drift;
+  3. groups by measurement: the condition whitening, the condition embedder H and, per coupling block,
+     its subnetworks' first, hidden and last layers (`weight_group`) are quantized alone and their NLL
+     drift measured (on the calibration pairs); the most sensitive groups stay fp32, as few as bring the
+     whole graph within CHOICE_SHARE of the budget (bisection). The manifest records each group;
   4. the pair is written only if it meets NLL drift (absolute nats/dim), round trip and batch
-     independence, and at least half its MatMul weights are int8; otherwise `Int8Refused` says which and
-     no int8 stage is written.
+     independence on the validation pairs, at least half its MatMul weights are int8, and it is faster
+     than fp32 at batch 1 or 8; otherwise `Int8Refused` says which and no int8 stage is written.
 Weights: symmetric int8, per output channel; activations: symmetric int8 (zero point 0, as TensorRT needs).
 """
 from __future__ import annotations
@@ -34,6 +38,7 @@ import onnx
 from onnx import numpy_helper
 
 from export.bundle import ExportError, gemm_to_matmul, median_latency, session
+from export.equalize import equalize
 from runtime.manifest import batch_dependence, l2_rel, nll_per_dim
 
 MAX_DRIFT = 0.003            # |NLL int8 - NLL fp32|, nats/dim, on validation pairs
@@ -42,6 +47,16 @@ MAX_BATCH_DEPENDENCE = 1e-5  # max |Δv| of a row alone vs inside batches of 8 a
 # an "int8" pair that must keep most of its MatMul weights fp32 to meet the drift target is not worth
 # shipping (attributes demo: 1 of 11 groups int8, slower than fp32); below this share it is refused
 MIN_INT8_WEIGHT_SHARE = 0.5
+# an int8 pair measured slower than fp32 (τ⁻¹ + τ) at batch 1 AND at batch 8 is not worth shipping (on the
+# small demo flows per-op overhead decides batch 1, int8 arithmetic pays from a few rows up)
+MIN_SPEEDUP = 1.0
+SPEED_ROUNDS, SPEED_REPS = 5, 60
+# equalization before calibration (export.equalize): migration strength and per-channel centering; chosen
+# by measurement on the demo flows (docs/int8.md: all-int8 drift on attributes 0.053 -> 0.010)
+EQUALIZE_ALPHA = 0.5
+# the fp32 groups are chosen on the calibration pairs to this share of the drift budget: the validation
+# pairs drifted up to 1.8x the calibration pairs on the demo flows
+CHOICE_SHARE = 0.5
 CALIBRATION_BATCH = 64
 ROLES = ("flow_forward", "flow_inverse")
 
@@ -53,12 +68,35 @@ class Int8Refused(ExportError):
     report: dict = {}
 
 
-def weight_group(weight: str) -> str:
-    """Tensor group of a MatMul weight: `whitening`, `embedder`, `block.N`, or `other`."""
+def weight_group(weight: str, last: dict[str, int] | None = None) -> str:
+    """Tensor group of a MatMul weight: `whitening`, `embedder`, `block.N.in` (the first layers of the
+    block's two subnetworks, fed [x_half ; h]), `block.N.out` (their last layers, which produce the
+    log-scale s and shift t), `block.N.hidden`, or `other`. `last`: subnetwork -> index of its last layer
+    (`last_layers`); without it a block's layers other than the first count as hidden."""
     if weight.endswith("cond_whitening"):
         return "whitening"
-    m = re.search(r"blocks\.(\d+)\.", weight)
-    return f"block.{m.group(1)}" if m else ("embedder" if ".embedder." in weight else "other")
+    m = re.search(r"(.*blocks\.(\d+)\.[^.]+\.[^.]+)\.(\d+)\.", weight)
+    if m:
+        sub, block, layer = m.group(1), m.group(2), int(m.group(3))
+        kind = "in" if layer == 0 else "out" if last and last.get(sub) == layer else "hidden"
+        return f"block.{block}.{kind}"
+    return "embedder" if ".embedder." in weight else "other"
+
+
+def last_layers(model: onnx.ModelProto) -> dict[str, int]:
+    """Subnetwork (e.g. flow.blocks.3.first.st) -> index of its last Linear layer."""
+    out: dict[str, int] = {}
+    for n in _matmuls(model):
+        m = re.search(r"(.*blocks\.\d+\.[^.]+\.[^.]+)\.(\d+)\.", n.input[1])
+        if m:
+            out[m.group(1)] = max(out.get(m.group(1), 0), int(m.group(2)))
+    return out
+
+
+def weight_groups(model: onnx.ModelProto) -> dict[str, str]:
+    """MatMul weight -> its tensor group (`weight_group`)."""
+    last = last_layers(model)
+    return {n.input[1]: weight_group(n.input[1], last) for n in _matmuls(model)}
 
 
 def _shape(model: onnx.ModelProto, initializer: str) -> list[int]:
@@ -125,7 +163,8 @@ def quantize_graph(model: onnx.ModelProto, dst: Path, ranges: dict[str, tuple[fl
     weight is in `fp32_groups` are left fp32."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import TensorsData, save_tensors_data
-    keep = [n.name for n in _matmuls(model) if weight_group(n.input[1]) in fp32_groups]
+    groups = weight_groups(model)
+    keep = [n.name for n in _matmuls(model) if groups[n.input[1]] in fp32_groups]
     with tempfile.TemporaryDirectory(dir=dst.parent, prefix=".q.") as tmp:
         src, cache = Path(tmp) / "matmul.onnx", Path(tmp) / "ranges.json"
         onnx.save(model, str(src))
@@ -169,50 +208,72 @@ def _nll(path: Path, z: np.ndarray, cond: np.ndarray) -> float:
 
 
 def choose_fp32_groups(inverse: onnx.ModelProto, ranges: dict, z, cond, nll32: float, tmp: Path,
-                       max_drift: float) -> tuple[set[str], dict[str, dict]]:
-    """Measure each group quantized alone (drift of τ⁻¹'s NLL), keep the sensitive ones fp32; see module doc."""
-    groups = sorted({weight_group(n.input[1]) for n in _matmuls(inverse)})
+                       budget: float) -> tuple[set[str], dict[str, dict]]:
+    """Measure each group quantized alone (drift of τ⁻¹'s NLL), then keep the most sensitive groups fp32,
+    as few as meet `budget` on these pairs (found by bisection over the sorted list; drift grows as
+    groups go int8); see module doc."""
+    groups = sorted(set(weight_groups(inverse).values()))
     report, probe = {}, tmp / "probe.onnx"
-    for g in groups:
-        quantize_graph(inverse, probe, ranges, set(groups) - {g})
-        report[g] = {"nll_drift_alone": _nll(probe, z, cond) - nll32}
-    fp32 = {g for g in groups if abs(report[g]["nll_drift_alone"]) > max_drift / 3}
-    for g in sorted(set(groups) - fp32, key=lambda g: -abs(report[g]["nll_drift_alone"])):
+
+    def drift(fp32: set[str]) -> float:
         quantize_graph(inverse, probe, ranges, fp32)
-        if abs(_nll(probe, z, cond) - nll32) <= max_drift:
-            break
-        fp32.add(g)
+        return _nll(probe, z, cond) - nll32
+
+    for g in groups:
+        report[g] = {"nll_drift_alone": drift(set(groups) - {g})}
+    order = sorted(groups, key=lambda g: -abs(report[g]["nll_drift_alone"]))
+    lo, hi = 0, len(order)                    # invariant: keeping order[:hi] fp32 meets the budget
+    if abs(drift(set())) <= budget:
+        hi = 0
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if abs(drift(set(order[:mid]))) <= budget:
+            hi = mid
+        else:
+            lo = mid
+    fp32 = set(order[:hi])
     for g in groups:
         report[g]["precision"] = "fp32" if g in fp32 else "int8"
     return fp32, report
 
 
 def add_static_int8(bundle: Path, calib_cond: np.ndarray, calib_z: np.ndarray, val_cond: np.ndarray,
-                    val_z: np.ndarray, *, max_drift: float = MAX_DRIFT, per_channel: bool = True) -> dict:
+                    val_z: np.ndarray, *, max_drift: float = MAX_DRIFT, per_channel: bool = True,
+                    alpha: float | None = EQUALIZE_ALPHA, center: bool = True,
+                    min_speedup: float = MIN_SPEEDUP) -> dict:
     """Write flow_forward.int8.onnx / flow_inverse.int8.onnx next to the fp32 pair, or raise Int8Refused.
-    Returns the measurements for the manifest's checks["int8"]."""
+    Returns the measurements for the manifest's checks["int8"]. alpha / center: the equalization
+    (export.equalize) applied before calibration; alpha None and center False: none."""
     fp32 = {r: bundle / f"{r}.onnx" for r in ROLES}
     models = {r: gemm_to_matmul(onnx.load(str(p))) for r, p in fp32.items()}
     with tempfile.TemporaryDirectory(dir=bundle, prefix=".int8.") as t:
         tmp = Path(t)
+        v_cal, _ = session(fp32["flow_inverse"]).run(None, {"z": calib_z, "cond": calib_cond})
+        feeds = {"flow_inverse": {"z": calib_z, "cond": calib_cond}, "flow_forward": {"v": v_cal, "cond": calib_cond}}
+        equalized = {"alpha": None, "center": False}
+        if alpha is not None or center:
+            models, equalized = equalize(models, feeds, alpha, center)
         for r, m in models.items():
             onnx.save(m, str(tmp / f"{r}.mm.onnx"))
-        v_cal, _ = session(fp32["flow_inverse"]).run(None, {"z": calib_z, "cond": calib_cond})
-        seen = {"flow_inverse": _ranges(tmp / "flow_inverse.mm.onnx", {"z": calib_z, "cond": calib_cond}, tmp),
-                "flow_forward": _ranges(tmp / "flow_forward.mm.onnx", {"v": v_cal, "cond": calib_cond}, tmp)}
+        seen = {r: _ranges(tmp / f"{r}.mm.onnx", feeds[r], tmp) for r in ROLES}
         ranges = shared_ranges(models, seen)
-        # groups are chosen on the calibration (training) pairs; the targets are judged on the validation pairs
+        # groups are chosen on the calibration (training) pairs, to CHOICE_SHARE of the budget; the targets
+        # are judged on the validation pairs
         nll32 = _nll(fp32["flow_inverse"], calib_z, calib_cond)
         keep, groups = choose_fp32_groups(models["flow_inverse"], ranges["flow_inverse"], calib_z, calib_cond, nll32,
-                                          tmp, max_drift)
+                                          tmp, CHOICE_SHARE * max_drift)
         out = {r: tmp / f"{r}.int8.onnx" for r in ROLES}
         for r in ROLES:
             quantize_graph(models[r], out[r], ranges[r], keep, per_channel)
         report = measure_pair(fp32, out, val_cond, val_z)
         report.update(groups=groups, fp32_groups=sorted(keep), calibration_pairs=int(len(calib_z)),
-                      per_channel=per_channel, method="static QDQ, MinMax ranges shared by both directions",
+                      per_channel=per_channel, equalization=equalized,
+                      method="static QDQ, MinMax ranges shared by both directions"
+                             + (" after per-channel equalization (export.equalize)" if equalized["alpha"] is not None
+                                or equalized["center"] else ""),
                       targets={"nll_drift_abs": max_drift, "roundtrip_rel": MAX_ROUNDTRIP,
-                               "v_batch_dependence_max_abs": MAX_BATCH_DEPENDENCE})
+                               "v_batch_dependence_max_abs": MAX_BATCH_DEPENDENCE,
+                               "min_speedup_batch1_or_8": min_speedup})
         misses = [f"NLL drift {report['nll_drift_nats_per_dim']:+.4f} nats/dim (|drift| > {max_drift:g})"
                   if abs(report["nll_drift_nats_per_dim"]) > max_drift else "",
                   f"round trip {report['roundtrip_rel']:.1e} > {MAX_ROUNDTRIP:g}"
@@ -220,13 +281,18 @@ def add_static_int8(bundle: Path, calib_cond: np.ndarray, calib_z: np.ndarray, v
                   f"batch dependence {report['v_batch_dependence_max_abs']:.1e} > {MAX_BATCH_DEPENDENCE:g}"
                   if report["v_batch_dependence_max_abs"] > MAX_BATCH_DEPENDENCE else ""]
         inverse = models["flow_inverse"]
+        group_of = weight_groups(inverse)
         sizes = {n.input[1]: int(np.prod(_shape(inverse, n.input[1]))) for n in _matmuls(inverse)}
-        share = sum(v for w, v in sizes.items() if weight_group(w) not in keep) / max(sum(sizes.values()), 1)
+        share = sum(v for w, v in sizes.items() if group_of[w] not in keep) / max(sum(sizes.values()), 1)
         report["int8_weight_share"] = share
         if share < MIN_INT8_WEIGHT_SHARE:
             misses.append(f"only {share:.0%} of the MatMul weights can be int8 within |NLL drift| <= {max_drift:g} "
                           f"(groups that must stay fp32: {', '.join(sorted(keep))}; each group's drift alone is "
                           f"in the manifest's checks.int8.groups)")
+        if max(report["speedup_batch1"], report["speedup_batch8"]) < min_speedup:
+            lat = {b: report[f"latency_batch{b}_ms"] for b in (1, 8)}
+            misses.append("slower than fp32: tau^-1 + tau took " + ", ".join(
+                f"{lat[b]['int8']:.3f} ms in int8 vs {lat[b]['fp32']:.3f} ms in fp32 at batch {b}" for b in lat))
         misses = [m for m in misses if m]
         if not misses:
             w = {r: quantized_weights(out[r]) for r in ROLES}
@@ -254,10 +320,17 @@ def measure_pair(fp32: dict[str, Path], int8: dict[str, Path], cond: np.ndarray,
     z8 = s["flow_forward", "int8"].run(None, {"v": v8, "cond": cond})[0]
     dep = {p: batch_dependence(lambda f, p=p: s["flow_inverse", p].run(None, f)[0], {"z": z, "cond": cond})
            for p in ("fp32", "int8")}
-    t32, t8 = (median_latency(s["flow_inverse", p], {"z": z[:1], "cond": cond[:1]})
-               + median_latency(s["flow_forward", p], {"v": v[:1], "cond": cond[:1]})
-               for p, v in (("fp32", v32), ("int8", v8)))
+    lat = {p: {} for p in ("fp32", "int8")}
+    for b in (1, 8):                       # interleaved rounds: a shared machine's load falls on both alike
+        rounds = {p: [] for p in lat}
+        for _ in range(SPEED_ROUNDS):
+            for p, v in (("fp32", v32), ("int8", v8)):
+                rounds[p].append(median_latency(s["flow_inverse", p], {"z": z[:b], "cond": cond[:b]}, SPEED_REPS)
+                                 + median_latency(s["flow_forward", p], {"v": v[:b], "cond": cond[:b]}, SPEED_REPS))
+        for p in lat:
+            lat[p][b] = float(np.median(rounds[p]))
     nll32, nll8 = float(nll_per_dim(v32, ld32).mean()), float(nll_per_dim(v8, ld8).mean())
     return {"roundtrip_rel": l2_rel(z8, z), "nll_fp32": nll32, "nll_int8": nll8, "nll_drift_nats_per_dim": nll8 - nll32,
             "v_batch_dependence_max_abs": dep["int8"], "v_batch_dependence_max_abs_fp32": dep["fp32"],
-            "latency_batch1_ms": {"fp32": t32 * 1e3, "int8": t8 * 1e3}, "speedup_batch1": t32 / t8}
+            "latency_batch1_ms": {p: lat[p][1] * 1e3 for p in lat}, "speedup_batch1": lat["fp32"][1] / lat["int8"][1],
+            "latency_batch8_ms": {p: lat[p][8] * 1e3 for p in lat}, "speedup_batch8": lat["fp32"][8] / lat["int8"][8]}

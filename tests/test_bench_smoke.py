@@ -26,6 +26,7 @@ def _tiny_bundle(tmp_path):
     cinn.main(["--task", "features", "--source", str(tmp_path / "c.npy"), "--target", str(tmp_path / "z.npy"),
                "--out", str(run), "--preset", "smoke", "--steps", "4"])
     export_onnx.main(["--task", "features", "--run", str(run), "--out", str(bundle), "--precision", "int8",
+                      "--int8-min-speedup", "0",
                       "--val-pairs", "16"])
     return bundle
 
@@ -96,3 +97,17 @@ def test_torch_compile_peer_is_timed_and_judged(tmp_path):
     assert all(times[stage]["1"] > 0 for stage in compiled)
     d = [t for t in r["targets"] if t["target"] == "d"]
     assert len(d) == 1 and d[0]["pass"] is not None
+
+
+def test_slow_cases_stop_after_enough_calls_while_fast_ones_keep_their_rounds():
+    """bench.timing: a case whose calls already add up to slow_case_s (BigGAN at batch 64) is not timed in
+    later rounds; the other cases still get min_rounds, and the cap is reported."""
+    import time
+
+    from bench.timing import Case, Plan, measure
+    slow = Case(("x", "slow", 64), lambda: time.sleep(0.05), 64)
+    fast = Case(("x", "fast", 1), lambda: None, 1)
+    run = measure([slow, fast], Plan(warmup_s=0.0, round_s=0.001, min_rounds=6, max_rounds=6, slow_case_s=0.1,
+                                     slow_min_calls=2))
+    assert len(fast.rounds) == 6 and len(slow.rounds) == 2
+    assert run["capped_slow_cases"] == [["x", "slow", 64]]

@@ -134,7 +134,7 @@ class Bundles:
             return out
         if name == "features":
             export_onnx.main(["--task", "features", "--run", str(self.features_run()), "--out", str(out),
-                              "--precision", "int8"])
+                              "--precision", "int8", "--int8-min-speedup", "0"])
             return out
         ae = tiny_ae(batch_view=name == "attributes")
         if name == "text2image":
@@ -324,7 +324,7 @@ def test_int8_tensor_groups_measured_and_fp32_groups_stay_float(bundles, tmp_pat
     b = copy_bundle(bundles.get("text2image"), tmp_path / "t2i")
     cond, z = np.load(b / "validation/cond.npy"), np.load(b / "validation/target.npy")
     from export.quantize import add_static_int8
-    q = add_static_int8(b, cond, z, cond, z)
+    q = add_static_int8(b, cond, z, cond, z, min_speedup=0)
     assert {"whitening", "embedder"} <= set(q["groups"]) and all("nll_drift_alone" in g for g in q["groups"].values())
     assert set(q["fp32_groups"]) == {g for g, r in q["groups"].items() if r["precision"] == "fp32"}
     model = gemm_to_matmul(onnx.load(str(b / "flow_forward.onnx")))
