@@ -25,7 +25,8 @@ pair must round-trip (‖τ(τ⁻¹(z)) - z‖ / ‖z‖ <= 1e-5 on real pairs; 
 training pairs after an exact per-channel equalization (export.quantize, export.equalize: activation
 scales fixed at export, so rows are batch-independent; identical weights and scales in both directions,
 verified). A flow that misses the int8 targets (|NLL drift| <= --int8-max-drift nats/dim, round trip,
-batch independence) or is slower than fp32 (--int8-min-speedup) gets no int8 stage; the manifest's
+batch independence) gets no int8 stage (nor, with --int8-min-speedup S > 0, one measured slower than S x fp32
+here); a written pair that is slower than fp32 on this CPU carries a warning; the manifest's
 checks.int8 says why.
 
 Validation pairs (validation/*.npy): `--val-source/--val-target` files if given; else the task's own
@@ -154,6 +155,8 @@ def _build(bundle: Path, model: ConditionalINN, experts: Experts, cond: np.ndarr
             checks["int8"] = add_static_int8(bundle, c_cal, z_cal, cond, z, max_drift=int8.get("max_drift", MAX_DRIFT),
                                              min_speedup=int8.get("min_speedup", MIN_SPEEDUP))
             checks["int8"]["calibration_origin"] = int8.get("origin", "validation pairs")
+            for w in checks["int8"]["warnings"]:
+                print(f"warning: int8 flow written, but {w}")
             for role in ("flow_forward", "flow_inverse"):
                 stages[stage_name(role, "int8")] = stage_entry(bundle, f"{role}.int8.onnx", role, "int8")
         except Int8Refused as e:         # the fp32 bundle is still good; say why there is no int8
@@ -252,8 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--int8-max-drift", type=float, default=MAX_DRIFT,
                     help="int8: largest |NLL drift| (nats/dim) on the validation pairs; else no int8 stage")
     ap.add_argument("--int8-min-speedup", type=float, default=MIN_SPEEDUP,
-                    help="int8: smallest speed-up over fp32 (τ⁻¹ + τ, the better of batch 1 and 8) worth shipping; "
-                         "0 ships an accurate int8 pair however fast")
+                    help="int8: refuse a pair slower than this many times fp32 (τ⁻¹ + τ, the better of batch 1 and 8, "
+                         "measured on this CPU); default 0: accuracy alone decides, a slower pair gets a warning")
     args = ap.parse_args(argv)
     if args.val_pairs < 1 or args.opset < 14 or args.calibration_pairs < 1 or not args.int8_max_drift > 0:
         raise UserError("--val-pairs and --calibration-pairs must be >= 1, --opset >= 14, --int8-max-drift > 0")

@@ -44,12 +44,12 @@ from runtime.manifest import batch_dependence, l2_rel, nll_per_dim
 MAX_DRIFT = 0.003            # |NLL int8 - NLL fp32|, nats/dim, on validation pairs
 MAX_ROUNDTRIP = 1e-4         # ‖τ8(τ8⁻¹(z)) - z‖ / ‖z‖
 MAX_BATCH_DEPENDENCE = 1e-5  # max |Δv| of a row alone vs inside batches of 8 and 64
-# an "int8" pair that must keep most of its MatMul weights fp32 to meet the drift target is not worth
-# shipping (attributes demo: 1 of 11 groups int8, slower than fp32); below this share it is refused
+# accuracy decides whether an int8 pair is written; its speed on this CPU's onnxruntime does not decide it
+# (the QDQ graph is also what TensorRT takes, where the small flows' per-op overhead differs), so a pair that
+# keeps most weights fp32 or runs slower than fp32 here is written with a warning in the manifest;
+# --int8-min-speedup > 0 refuses those measured slower than that at batch 1 AND at batch 8
 MIN_INT8_WEIGHT_SHARE = 0.5
-# an int8 pair measured slower than fp32 (τ⁻¹ + τ) at batch 1 AND at batch 8 is not worth shipping (on the
-# small demo flows per-op overhead decides batch 1, int8 arithmetic pays from a few rows up)
-MIN_SPEEDUP = 1.0
+MIN_SPEEDUP = 0.0
 SPEED_ROUNDS, SPEED_REPS = 5, 60
 # equalization before calibration (export.equalize): migration strength and per-channel centering; chosen
 # by measurement on the demo flows (docs/int8.md: all-int8 drift on attributes 0.053 -> 0.010)
@@ -285,14 +285,18 @@ def add_static_int8(bundle: Path, calib_cond: np.ndarray, calib_z: np.ndarray, v
         sizes = {n.input[1]: int(np.prod(_shape(inverse, n.input[1]))) for n in _matmuls(inverse)}
         share = sum(v for w, v in sizes.items() if group_of[w] not in keep) / max(sum(sizes.values()), 1)
         report["int8_weight_share"] = share
+        lat = {b: report[f"latency_batch{b}_ms"] for b in (1, 8)}
+        slower = "slower than fp32 on this CPU: tau^-1 + tau took " + ", ".join(
+            f"{lat[b]['int8']:.3f} ms in int8 vs {lat[b]['fp32']:.3f} ms in fp32 at batch {b}" for b in lat)
+        warnings = []
         if share < MIN_INT8_WEIGHT_SHARE:
-            misses.append(f"only {share:.0%} of the MatMul weights can be int8 within |NLL drift| <= {max_drift:g} "
-                          f"(groups that must stay fp32: {', '.join(sorted(keep))}; each group's drift alone is "
-                          f"in the manifest's checks.int8.groups)")
-        if max(report["speedup_batch1"], report["speedup_batch8"]) < min_speedup:
-            lat = {b: report[f"latency_batch{b}_ms"] for b in (1, 8)}
-            misses.append("slower than fp32: tau^-1 + tau took " + ", ".join(
-                f"{lat[b]['int8']:.3f} ms in int8 vs {lat[b]['fp32']:.3f} ms in fp32 at batch {b}" for b in lat))
+            warnings.append(f"only {share:.0%} of the MatMul weights are int8 (groups kept fp32 to meet |NLL drift| "
+                            f"<= {max_drift:g}: {', '.join(sorted(keep))})")
+        if max(report["speedup_batch1"], report["speedup_batch8"]) < 1:
+            warnings.append(slower + "; prefer the fp32 flow on onnxruntime")
+        if min_speedup > 0 and max(report["speedup_batch1"], report["speedup_batch8"]) < min_speedup:
+            misses.append(slower + f" (--int8-min-speedup {min_speedup:g})")
+        report["warnings"] = warnings
         misses = [m for m in misses if m]
         if not misses:
             w = {r: quantized_weights(out[r]) for r in ROLES}

@@ -207,6 +207,11 @@ def cmd_info(args) -> int:
     print(f"  validation: {m['validation']['count']} pairs, {m['validation'].get('origin', '?')}")
     for w in m.get("warnings", []):
         print(f"  warning: {w}")
+    int8 = m.get("checks", {}).get("int8") or {}
+    if "refused" in int8:
+        print(f"  int8: none ({int8['refused']})")
+    for w in int8.get("warnings", []):
+        print(f"  int8 warning: {w}")
     return 0
 
 

@@ -36,7 +36,8 @@ or `z` in bundles without a decoder.
 checks.int8 (export.quantize): roundtrip_rel, nll_fp32, nll_int8, nll_drift_nats_per_dim (absolute),
 v_batch_dependence_max_abs (and _fp32), groups {name: {precision, nll_drift_alone}}, fp32_groups,
 int8_weight_share, equalization {alpha, center, ...} (export.equalize), latency_batch{1,8}_ms,
-speedup_batch{1,8}, calibration_pairs, calibration_origin, targets; with refused: why (and the
+speedup_batch{1,8} (this CPU, onnxruntime), warnings [text: a written pair slower than fp32 here or mostly
+fp32], calibration_pairs, calibration_origin, targets; with refused: why (and the
 measurements of the refused pair) when no int8 stage was written.
 """
 from __future__ import annotations

@@ -353,6 +353,19 @@ def test_int8_missing_the_drift_target_writes_no_int8_stage(bundles, tmp_path, c
     assert "int8 flow not written" in capsys.readouterr().out
 
 
+def test_int8_speed_warns_by_default_and_refuses_only_when_asked(bundles, tmp_path):
+    """Accuracy decides whether an int8 pair is written; this CPU's speed only warns, unless
+    --int8-min-speedup asks for a bar (one no pair can reach here)."""
+    b = copy_bundle(bundles.get("text2image"), tmp_path / "t2i")
+    cond, z = np.load(b / "validation/cond.npy"), np.load(b / "validation/target.npy")
+    from export.quantize import Int8Refused, add_static_int8
+    q = add_static_int8(b, cond, z, cond, z)
+    assert isinstance(q["warnings"], list) and (b / "flow_forward.int8.onnx").exists()
+    assert ("slower than fp32" in " ".join(q["warnings"])) == (max(q["speedup_batch1"], q["speedup_batch8"]) < 1)
+    with pytest.raises(Int8Refused, match="slower than fp32 .*--int8-min-speedup 1e\\+09"):
+        add_static_int8(b, cond, z, cond, z, min_speedup=1e9)
+
+
 @pytest.mark.parametrize("name", ["features", "text2image", "attributes"])
 def test_fp16_graphs_parity_and_roundtrip_under_onnxruntime(bundles, tmp_path, name):
     b = copy_bundle(bundles.get(name), tmp_path / name)
