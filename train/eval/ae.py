@@ -17,12 +17,12 @@ from train.experts.classifier_training import ensure_oracle
 
 
 def shape_readback(read_out: np.ndarray, attrs: np.ndarray, attributes: list[str]) -> dict:
-    """Per true shape: the fraction of its reconstructions the oracle reads as that shape (NaN if none)."""
+    """Per true shape: the fraction of its reconstructions the oracle reads as that shape (None if none)."""
     out = {}
     for shape in SHAPES:
         truth = attrs[:, ATTRIBUTES.index(f"shape_{shape}")] == 1
         read = read_out[truth, attributes.index(f"shape_{shape}")]
-        out[shape] = float(read.mean()) if len(read) else float("nan")
+        out[shape] = float(read.mean()) if len(read) else None
     return out
 
 
@@ -67,7 +67,7 @@ def report(run_dir: Path, num_images: int, oracle_dir: str) -> dict:
     result = evaluate_ae(run_dir, num_images, oracle_dir)
     atomic_write_json(run_dir / "eval.json", result)
     per = "  ".join(f"{k} {v:.3f}" for k, v in result["per_attribute_agreement"].items())
-    shapes = " / ".join(f"{k} {v:.3f}" for k, v in result["shape_readback"].items())
+    shapes = " / ".join(f"{k} {v:.3f}" for k, v in result["shape_readback"].items() if v is not None)
     fid = (f", oracle FID of reconstructions {result['fid_recon']:.1f} (real vs real {result['fid_real']:.1f}, "
            f"N={num_images})" if "fid_recon" in result else "")
     print(f"oracle agreement {result['oracle_agreement']:.4f} on {num_images} test sprites, PSNR "
