@@ -218,3 +218,11 @@ def test_hires_blocks_add_residual_blocks_at_the_top_resolution(tmp_path):
     assert AEConfig.from_dict(old).hires_blocks == 0
     with pytest.raises(UserError, match="hires_blocks"):
         Autoencoder(replace(TINY, hires_blocks=-1))
+
+
+def test_help_describes_the_default_preset(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    model_cfg, cfg = PRESETS["default"]
+    assert f"default: {cfg.steps} steps, latent {model_cfg.latent_dim}" in text and "fid_recon" in text

@@ -70,6 +70,17 @@ PRESETS: dict[str, tuple[AEConfig, AETrainConfig]] = {
 }
 
 
+def preset_summary(name: str) -> str:
+    """One line on what a preset trains, from its settings (for --help)."""
+    m, c = PRESETS[name]
+    parts = [f"{c.steps} steps", f"latent {m.latent_dim}", f"decoder {'/'.join(map(str, m.dec_channels))}"]
+    if m.hires_blocks:
+        parts.append(f"+{m.hires_blocks} residual block(s) at the top resolution")
+    parts += [f"{k} {getattr(c, k):g}" for k in ("edge_weight", "corner_weight", "size_balance", "disc_weight")
+              if getattr(c, k)]
+    return f"{name}: " + ", ".join(parts)
+
+
 class SpriteBatches:
     """Training sprites rendered on the fly: images (N,3,H,W) in [-1, 1] and silhouettes (N,1,H,W)."""
 
