@@ -59,11 +59,11 @@ PRESETS: dict[str, tuple[AEConfig, AETrainConfig]] = {
     "smoke": (AEConfig(latent_dim=16, enc_channels=(8, 16, 16), dec_channels=(16, 16, 8), num_classes=16,
                        embed_dim=8, mlp_hidden=32),
               AETrainConfig(steps=6, batch_size=8, warmup=2, log_every=2, grid_every=3, ckpt_every=3)),
-    # 4000 steps, a residual block at the decoder's 32×32 grid, outline ×32, corners ×64, small shapes balanced:
-    # every shape reads back as itself ≥ 0.948 (squares were 0.68), oracle agreement 0.997, fid_recon 46 vs 79
-    # (real vs real 43, N=1000); ~2.5× the old preset's cost (docs/results.md "Autoencoder g", 2026-11-30)
-    "default": (AEConfig(hires_blocks=1),
-                AETrainConfig(steps=4000, edge_weight=32.0, corner_weight=64.0, size_balance=1.0)),
+    # 4000 steps and a residual block at the decoder's 32×32 grid, outline weight 32: every shape reads back as
+    # itself ≥ 0.965 (squares were 0.68 at 2000 steps without the block), oracle agreement 0.998, fid_recon 48
+    # vs 79 (real vs real 43, N=1000); ~2.5-2.9× the old preset's CPU work. corner_weight / size_balance hurt
+    # at 2000 steps and did not pay at 4000 (docs/results.md "Autoencoder g", 2026-11-30)
+    "default": (AEConfig(hires_blocks=1), AETrainConfig(steps=4000, edge_weight=32.0)),
     # two stages for 16-32 px images (e.g. the low-res expert f of superres, Fig. 4); ~1.5 min on one thread
     "small": (AEConfig(latent_dim=32, enc_channels=(32, 64), dec_channels=(64, 32), num_classes=64, embed_dim=32,
                        mlp_hidden=64), AETrainConfig(steps=3000)),
