@@ -181,7 +181,8 @@ def test_shape_readback_counts_each_true_shape_separately():
     read = attrs.copy()
     read[1] = 0
     read[1, ATTRIBUTES.index("shape_circle")] = 1           # one of three squares comes back round
-    assert shape_readback(read, attrs, list(ATTRIBUTES)) == {"circle": 1.0, "square": pytest.approx(2 / 3), "triangle": None}
+    expected = {"circle": 1.0, "square": pytest.approx(2 / 3), "triangle": None}
+    assert shape_readback(read, attrs, list(ATTRIBUTES)) == expected
 
 
 def test_corner_map_marks_corners_not_straight_edges():
