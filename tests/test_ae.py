@@ -155,6 +155,9 @@ def test_evaluate_ae_with_a_tiny_oracle(tmp_path):
     result = evaluate_ae(tmp_path / "ae", num_images=6, oracle_dir=tmp_path / "clf")
     assert 0 <= result["oracle_agreement"] <= 1 and len(result["per_attribute_agreement"]) == 13
     assert result["psnr"] > 0 and result["num_images"] == 6
+    assert set(result["shape_readback"]) == {"circle", "square", "triangle"}
+    assert all(v is None or 0 <= v <= 1 for v in result["shape_readback"].values())
+    assert result["fid_recon"] >= 0 and result["fid_real"] >= 0 and result["fid_reference"]["reference_count"] == 6
     assert main(["--eval", "--out", str(tmp_path / "ae"), "--oracle", str(tmp_path / "clf"), "--eval-images", "6"]) == 0
     assert json.loads((tmp_path / "ae" / "eval.json").read_text()) == result
 
@@ -167,3 +170,60 @@ def test_outline_band_marks_only_the_silhouette_edge():
     assert band[0, 0, 4, 4] == 0 and band[0, 0, 0, 0] == 0   # deep inside, far outside
     assert band[0, 0, 2, 2] == 1 and band[0, 0, 1, 4] == 1   # on the outline, just outside it
     assert band.sum() == 7 * 7 - 3 * 3                       # dilated square minus eroded square
+
+
+def test_shape_readback_counts_each_true_shape_separately():
+    from train.data import ATTRIBUTES
+    from train.eval.ae import shape_readback
+    attrs = torch.zeros(4, len(ATTRIBUTES)).numpy()
+    for i, shape in enumerate(["circle", "square", "square", "square"]):
+        attrs[i, ATTRIBUTES.index(f"shape_{shape}")] = 1
+    read = attrs.copy()
+    read[1] = 0
+    read[1, ATTRIBUTES.index("shape_circle")] = 1           # one of three squares comes back round
+    expected = {"circle": 1.0, "square": pytest.approx(2 / 3), "triangle": None}
+    assert shape_readback(read, attrs, list(ATTRIBUTES)) == expected
+
+
+def test_corner_map_marks_corners_not_straight_edges():
+    from train.experts.ae_training import corner_map, outline_band
+    mask = torch.zeros(1, 1, 24, 24)
+    mask[..., 6:18, 6:18] = 1                                # a 12×12 square
+    corners = corner_map(mask, outline_band(mask))[0, 0]
+    assert corners[5, 5] == 1 and corners[6, 6] > 0          # the corner: just outside its tip, the tip
+    assert corners[11, 6] == 0 and corners[11, 5] == 0       # the middle of an edge
+    assert corners[11, 11] == 0                              # inside
+
+
+def test_pixel_weights_size_balance_favours_small_shapes():
+    from train.experts.ae_training import pixel_weights
+    mask = torch.zeros(2, 1, 32, 32)
+    mask[0, :, 4:28, 4:28] = 1                               # large
+    mask[1, :, 12:20, 12:20] = 1                             # small
+    plain = pixel_weights(mask, TrainConfig(mask_weight=4.0))
+    assert plain[0, 0, 16, 16] == plain[1, 0, 16, 16] == 5.0 and plain[0, 0, 0, 0] == 1.0
+    balanced = pixel_weights(mask, TrainConfig(mask_weight=4.0, size_balance=1.0))
+    assert balanced[1, 0, 16, 16] > 5.0 > balanced[0, 0, 16, 16] and balanced[1, 0, 0, 0] == 1.0
+    scale = (balanced - 1)[:, 0, 16, 16] / 4.0
+    assert torch.allclose(scale.mean(), torch.tensor(1.0)) and torch.allclose(scale[1] / scale[0], torch.tensor(9.0))
+
+
+def test_hires_blocks_add_residual_blocks_at_the_top_resolution(tmp_path):
+    model = Autoencoder(replace(TINY, hires_blocks=2)).eval()
+    assert len(model.decoder.hires) == 2
+    assert model.decode(torch.zeros(2, TINY.latent_dim)).shape == (2, 3, 32, 32)
+    train(replace(TINY, hires_blocks=1), tiny_train_cfg(steps=1, corner_weight=8.0, size_balance=1.0),
+          SpriteBatches(32), tmp_path)
+    assert len(load_autoencoder(tmp_path).decoder.hires) == 1
+    old = {k: v for k, v in TINY.to_dict().items() if k != "hires_blocks"}   # a run from before the field
+    assert AEConfig.from_dict(old).hires_blocks == 0
+    with pytest.raises(UserError, match="hires_blocks"):
+        Autoencoder(replace(TINY, hires_blocks=-1))
+
+
+def test_help_describes_the_default_preset(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    model_cfg, cfg = PRESETS["default"]
+    assert f"default: {cfg.steps} steps, latent {model_cfg.latent_dim}" in text and "fid_recon" in text

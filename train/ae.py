@@ -19,13 +19,14 @@ import torch
 
 from train.core.common import UserError, run_cli
 from train.eval.ae import report
-from train.experts.ae_training import PRESETS, AESpec, train_autoencoder
+from train.experts.ae_training import PRESETS, AESpec, preset_summary, train_autoencoder
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m train.ae", description=__doc__.split("\n\n")[0])
     p.add_argument("--task", default="attributes", help="names the default run folder runs/<task>/ae")
-    p.add_argument("--preset", choices=sorted(PRESETS), default="default")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="default",
+                   help="; ".join(preset_summary(n) for n in PRESETS) + " (default: default)")
     p.add_argument("--data", choices=["sprites", "celeba", "folder"], default="sprites")
     p.add_argument("--data-root", help="CelebA root or image folder (--data celeba|folder)")
     p.add_argument("--attr-csv", help="attribute CSV for --data folder (optional; images only are used)")
@@ -41,7 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int)
     p.add_argument("--threads", type=int, help="torch CPU threads (default torch's choice; 1 is best on a busy CPU)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
-    p.add_argument("--eval", action="store_true", help="only evaluate the finished run in --out")
+    p.add_argument("--eval", action="store_true",
+                   help="only evaluate the finished run in --out: oracle agreement, per-shape read-back, PSNR, "
+                        "oracle FID of the reconstructions (fid_recon) -> RUN/eval.json")
     p.add_argument("--eval-images", type=int, default=1000, help="sprite test images for the evaluation")
     p.add_argument("--oracle", default="runs/sprites/classifier", help="oracle classifier run folder")
     args = p.parse_args(argv)

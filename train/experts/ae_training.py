@@ -45,6 +45,8 @@ class AETrainConfig:
     kl_weight: float = 1e-5        # on KL summed over z (nats per sample) vs the per-pixel L1 NLL
     mask_weight: float = 4.0       # extra L1 weight on the object's silhouette (sprites)
     edge_weight: float = 0.0       # extra L1 weight on a band around the silhouette's outline (sprites)
+    corner_weight: float = 0.0     # extra L1 weight where that band is not locally straight: corners (sprites)
+    size_balance: float = 0.0      # object weights ∝ (silhouette area)^-p, batch mean 1: small shapes count more
     disc_weight: float = 0.0       # 0 = no discriminator (CPU presets)
     disc_start: int = 0            # step at which the GAN loss switches on
     log_every: int = 25
@@ -57,15 +59,26 @@ PRESETS: dict[str, tuple[AEConfig, AETrainConfig]] = {
     "smoke": (AEConfig(latent_dim=16, enc_channels=(8, 16, 16), dec_channels=(16, 16, 8), num_classes=16,
                        embed_dim=8, mlp_hidden=32),
               AETrainConfig(steps=6, batch_size=8, warmup=2, log_every=2, grid_every=3, ckpt_every=3)),
-    # 2000 steps with the outline weight: the demo's 30-minute budget (issue 9) allows ~12 min of AE training;
-    # at 2000 steps edge_weight 0 / 8 / 20 / 32 gives oracle agreement on circles/squares/triangles of
-    # 0.72/0.63/0.86, 0.82/0.77/0.94, 0.85/0.83/0.98, 0.87/0.87/0.99 (outline 0.997 / 0.990 / 0.995 / 0.975;
-    # measured 2026-11-30; 4000 steps without it: 0.86/0.85/0.99)
-    "default": (AEConfig(), AETrainConfig(steps=2000, edge_weight=32.0)),
+    # 4000 steps and a residual block at the decoder's 32×32 grid, outline weight 32: every shape reads back as
+    # itself ≥ 0.965 (squares were 0.68 at 2000 steps without the block), oracle agreement 0.998, fid_recon 48
+    # vs 79 (real vs real 43, N=1000); ~2.5-2.9× the old preset's CPU work. corner_weight / size_balance hurt
+    # at 2000 steps and did not pay at 4000 (docs/results.md "Autoencoder g", 2026-11-30)
+    "default": (AEConfig(hires_blocks=1), AETrainConfig(steps=4000, edge_weight=32.0)),
     # two stages for 16-32 px images (e.g. the low-res expert f of superres, Fig. 4); ~1.5 min on one thread
     "small": (AEConfig(latent_dim=32, enc_channels=(32, 64), dec_channels=(64, 32), num_classes=64, embed_dim=32,
                        mlp_hidden=64), AETrainConfig(steps=3000)),
 }
+
+
+def preset_summary(name: str) -> str:
+    """One line on what a preset trains, from its settings (for --help)."""
+    m, c = PRESETS[name]
+    parts = [f"{c.steps} steps", f"latent {m.latent_dim}", f"decoder {'/'.join(map(str, m.dec_channels))}"]
+    if m.hires_blocks:
+        parts.append(f"+{m.hires_blocks} residual block(s) at the top resolution")
+    parts += [f"{k} {getattr(c, k):g}" for k in ("edge_weight", "corner_weight", "size_balance", "disc_weight")
+              if getattr(c, k)]
+    return f"{name}: " + ", ".join(parts)
 
 
 class SpriteBatches:
@@ -110,6 +123,26 @@ def make_batches(data: str, root: str | None, attr_csv: str | None, size: int, s
 def outline_band(mask: torch.Tensor) -> torch.Tensor:
     """1 on pixels within one pixel of the silhouette's outline (dilation minus erosion), else 0."""
     return F.max_pool2d(mask, 3, 1, 1) + F.max_pool2d(-mask, 3, 1, 1)
+
+
+def corner_map(mask: torch.Tensor, band: torch.Tensor) -> torch.Tensor:
+    """In [0, 1] on outline pixels whose 7×7 neighbourhood is far from half inside (a straight edge gives
+    0.36-0.64, a right angle's tip ~0.25 or ~0.75): the corners, where a small square turns into a circle."""
+    inside = F.avg_pool2d(mask, 7, 1, 3, count_include_pad=False)
+    return band * (((inside - 0.5).abs() - 0.14) / 0.1).clamp(0, 1)
+
+
+def pixel_weights(mask: torch.Tensor, cfg: "AETrainConfig") -> torch.Tensor:
+    """w = 1 + s·(mask_weight·silhouette + edge_weight·outline + corner_weight·corners), s per image (size
+    balance: (area)^-p scaled to a batch mean of 1)."""
+    band = outline_band(mask)
+    obj = cfg.mask_weight * mask + cfg.edge_weight * band
+    if cfg.corner_weight:
+        obj = obj + cfg.corner_weight * corner_map(mask, band)
+    if cfg.size_balance:
+        scale = mask.mean((1, 2, 3), keepdim=True).clamp(min=1e-3) ** -cfg.size_balance
+        obj = obj * scale / scale.mean()
+    return 1.0 + obj
 
 
 def adaptive_weight(rec_loss, gan_loss, last_layer: torch.Tensor, delta: float = 1e-4) -> torch.Tensor:
@@ -176,7 +209,7 @@ def train(model_cfg: AEConfig, cfg: AETrainConfig, batches, out_dir: str | Path,
                 g["lr"] = lr
         x, mask = batches(cfg.batch_size, gen)
         recon, mu, logvar = model(x)
-        weight = 1.0 if mask is None else 1.0 + cfg.mask_weight * mask + cfg.edge_weight * outline_band(mask)
+        weight = 1.0 if mask is None else pixel_weights(mask, cfg)
         l1 = ((recon - x).abs() * weight).mean()
         rec_loss = l1 / model.log_gamma.exp() + model.log_gamma                       # Eq. 18
         kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(1).mean()

@@ -41,6 +41,7 @@ class AEConfig:
     embed_dim: int = 64                           # h, the embedded class vector
     mlp_hidden: int = 128                         # width of the 3×(FC, LReLU) class MLP
     attention: bool = False                       # non-local block before the last up-block
+    hires_blocks: int = 0                         # extra residual blocks at the decoder's highest resolution
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -49,6 +50,7 @@ class AEConfig:
     def from_dict(cls, d: dict) -> "AEConfig":
         d = dict(d)
         d["enc_channels"], d["dec_channels"] = tuple(d["enc_channels"]), tuple(d["dec_channels"])
+        d.setdefault("hires_blocks", 0)           # runs written before the field existed
         return cls(**d)
 
     def pixel_factor(self, stages: int) -> int:
@@ -59,6 +61,8 @@ class AEConfig:
         size = self.image_size
         if size < 16 or size & (size - 1):
             raise UserError(f"image size must be a power of two >= 16, got {size}")
+        if self.hires_blocks < 0:
+            raise UserError(f"hires_blocks must be >= 0, got {self.hires_blocks}")
         for name, chans in (("enc_channels", self.enc_channels), ("dec_channels", self.dec_channels)):
             if not chans or 4 << len(chans) > size:
                 raise UserError(f"{name} has {len(chans)} stages; {size}px images allow 1 to "
@@ -131,6 +135,21 @@ class UpBlock(nn.Module):
         return y + self.shortcut(up(x))
 
 
+class ResBlock(nn.Module):
+    """UpBlock without the up-sampling: CBN, ReLU, conv, CBN, ReLU, conv plus the identity. Adds capacity at
+    the decoder's highest resolution, where a small shape's corners are drawn."""
+
+    def __init__(self, channels: int, cond_dim: int):
+        super().__init__()
+        self.norm1 = ConditionalBatchNorm(channels, cond_dim)
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.norm2 = ConditionalBatchNorm(channels, cond_dim)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x, c):
+        return x + self.conv2(F.relu(self.norm2(self.conv1(F.relu(self.norm1(x, c))), c)))
+
+
 class NonLocal(nn.Module):
     """SAGAN / BigGAN self-attention block with a learnable residual gate that starts at 0."""
 
@@ -167,6 +186,7 @@ class Decoder(nn.Module):
         outs = chans[1:] + (chans[-1],)
         self.blocks = nn.ModuleList([UpBlock(a, b, cond_dim) for a, b in zip(chans, outs)])
         self.attention = NonLocal(chans[-1]) if cfg.attention else None
+        self.hires = nn.ModuleList([ResBlock(outs[-1], cond_dim) for _ in range(cfg.hires_blocks)])
         self.out_norm = nn.BatchNorm2d(outs[-1])
         self.factor = cfg.pixel_factor(len(chans))
         self.out_conv = nn.Conv2d(outs[-1], 3 * self.factor**2, 3, padding=1)   # sub-pixel output
@@ -178,6 +198,8 @@ class Decoder(nn.Module):
         for i, block in enumerate(self.blocks):
             if self.attention is not None and i == len(self.blocks) - 1:
                 x = self.attention(x)
+            x = block(x, c)
+        for block in self.hires:
             x = block(x, c)
         return torch.tanh(F.pixel_shuffle(self.out_conv(F.relu(self.out_norm(x))), self.factor))
 
