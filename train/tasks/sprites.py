@@ -54,8 +54,8 @@ TEXT_PRESETS = derive(SPRITE_PRESETS, _SPRITE_DATA, flow={"cond_whiten": 1.0}, s
 
 # Default sampling temperature per task (v ~ N(0, T² I)): the evaluation's default and, through the experts'
 # info, the exported bundle's (manifest `sampling`). Chosen by measurement: docs/results.md, "Sampling temperature".
-SAMPLING = {"attributes": {"temperature": 1.0, "chosen_by": "docs/results.md#sampling-temperature"},
-            "text2image": {"temperature": 1.0, "chosen_by": "docs/results.md#sampling-temperature"}}
+SAMPLING = {"attributes": {"temperature": 1.3, "chosen_by": "docs/results.md#sampling-temperature"},
+            "text2image": {"temperature": 1.3, "chosen_by": "docs/results.md#sampling-temperature"}}
 
 
 @dataclass
