@@ -47,6 +47,8 @@ def test_smoke_run_keeps_experts_frozen_and_evaluates(task, train_smoke, oracle_
     experts = load_all()[task].experts(config)
     for module in (experts.source_encoder, experts.target_encoder, experts.target_decoder):
         assert module is None or not any(p.requires_grad for p in module.parameters())
+    from train.tasks.sprites import SAMPLING
+    assert experts.info["sampling"] == SAMPLING[task]        # what export writes into the manifest
     capsys.readouterr()
     evaluate.main(["--run", str(out), "--num-images", "20", "--oracle", str(oracle_run), "--json"])
     result = json.loads(capsys.readouterr().out)
