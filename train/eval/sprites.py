@@ -73,7 +73,7 @@ def write_grids(run_dir: str | Path, model, num: int = 6, samples: int = 6, seed
         sampled = to_uint8(translator.sample(c, samples, seed, temperature))
         save_grid([list(sampled[i * samples:(i + 1) * samples]) for i in range(num)], out / "samples.png",
                   row_titles=[", ".join(a for a, on in zip(ATTRIBUTES, attrs[i]) if on) for i in range(num)],
-                  header=f"samples L(t(v|c)), v ~ N(0, {temperature:g}² I)", scale=2)
+                  header=f"samples L(t(v|c)), v ~ N(0, I) x temperature {temperature:g}", scale=2)
         if not translator.invertible:          # the MLP has no residual to transfer
             return
         v = translator.residual(x, c)          # exemplar i's residual with image j's attributes
