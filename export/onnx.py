@@ -29,6 +29,10 @@ batch independence) gets no int8 stage (nor, with --int8-min-speedup S > 0, one 
 here); a written pair that is slower than fp32 on this CPU carries a warning; the manifest's
 checks.int8 says why.
 
+Sampling temperature (manifest `sampling`): what `runtime.Pipeline.translate` uses when given none. A task's
+experts may name one chosen by measurement (`Experts.info["sampling"] = {temperature, chosen_by}`; attributes
+and text2image do: docs/results.md); else 1 (v ~ N(0, I), the trained density). `--temperature T` overrides.
+
 Validation pairs (validation/*.npy): `--val-source/--val-target` files if given; else the task's own
 held-out split (`Task.held_out_pairs`: rebuilt from the run's config.json exactly as the trainer built it);
 if that fails (data moved), pairs sampled from the model (zΦ from its stored standardisation, zΘ = τ(v | zΦ)). The
@@ -52,6 +56,7 @@ from export.graph import FlowStage, check_parity, export_graph
 from export.quantize import MAX_DRIFT, MIN_SPEEDUP, Int8Refused, add_static_int8
 from export.stages import export_image_source, export_target, export_text, random_like_flow, source_kind
 from runtime.manifest import (
+    DEFAULT_TEMPERATURE,
     FUSED_ROLES,
     SCHEMA_VERSION,
     fused_feeds,
@@ -59,6 +64,7 @@ from runtime.manifest import (
     sha256_file,
     stage_io,
     stage_name,
+    temperature_problem,
 )
 from train.core.common import ArgParser, UserError, run_cli
 from train.core.flow import ConditionalINN
@@ -181,10 +187,12 @@ def export_bundle(model: ConditionalINN, experts: Experts, out: str | Path, *, t
                   z: np.ndarray, origin: str, source: dict, opset: int = DEFAULT_OPSET, int8: bool = False,
                   calibration: tuple[np.ndarray, np.ndarray] | None = None,
                   calibration_origin: str = "validation pairs", int8_max_drift: float = MAX_DRIFT,
-                  fuse: bool = True, int8_min_speedup: float = MIN_SPEEDUP) -> dict:
+                  fuse: bool = True, int8_min_speedup: float = MIN_SPEEDUP,
+                  temperature: float | None = None) -> dict:
     """Write the bundle for `model` + `experts` to `out` (built in a temporary folder beside it, then
     swapped in, so a failed export never leaves half a bundle). Returns the manifest. int8: also the static
-    int8 flow pair, calibrated on `calibration` (cond, z) pairs (default: the validation pairs)."""
+    int8 flow pair, calibrated on `calibration` (cond, z) pairs (default: the validation pairs). temperature:
+    the bundle's default sampling temperature (default: the experts' `info["sampling"]`, else 1)."""
     if not isinstance(model, ConditionalINN):
         raise UserError("only cINN runs can be exported (the MLP baseline has no inverse)")
     out = Path(out)
@@ -208,6 +216,7 @@ def export_bundle(model: ConditionalINN, experts: Experts, out: str | Path, *, t
         for key in ("attribute_names", "split"):
             if key in experts.info:
                 manifest[key] = experts.info[key]
+        manifest["sampling"] = sampling_section(experts, temperature)
         manifest = write_manifest(tmp, manifest)
         tmp.chmod(0o755)                          # mkdtemp makes it private
         if out.exists():
@@ -217,6 +226,19 @@ def export_bundle(model: ConditionalINN, experts: Experts, out: str | Path, *, t
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
+
+
+def sampling_section(experts: Experts, temperature: float | None = None) -> dict:
+    """The manifest's `sampling`: an explicit temperature, else the task's measured choice, else 1."""
+    if temperature is not None:
+        problem = temperature_problem(temperature)
+        if problem:
+            raise UserError(f"--temperature {problem}")
+        return {"temperature": float(temperature), "chosen_by": "set at export (--temperature)"}
+    chosen = experts.info.get("sampling")
+    if chosen:
+        return {"temperature": float(chosen["temperature"]), "chosen_by": str(chosen.get("chosen_by", "the task"))}
+    return {"temperature": DEFAULT_TEMPERATURE, "chosen_by": "no measured choice for this task: v ~ N(0, I)"}
 
 
 def validation_pairs(task, config: dict, model: ConditionalINN, args) -> tuple[np.ndarray, np.ndarray, str]:
@@ -252,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-fuse", action="store_true",
                     help="skip the fused translate/transfer graphs (one graph per chain; they repeat the weights)")
     ap.add_argument("--calibration-pairs", type=int, default=1024, help="int8: training pairs that calibrate it")
+    ap.add_argument("--temperature", type=float,
+                    help="the bundle's default sampling temperature (default: the task's measured choice, else 1)")
     ap.add_argument("--int8-max-drift", type=float, default=MAX_DRIFT,
                     help="int8: largest |NLL drift| (nats/dim) on the validation pairs; else no int8 stage")
     ap.add_argument("--int8-min-speedup", type=float, default=MIN_SPEEDUP,
@@ -260,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.val_pairs < 1 or args.opset < 14 or args.calibration_pairs < 1 or not args.int8_max_drift > 0:
         raise UserError("--val-pairs and --calibration-pairs must be >= 1, --opset >= 14, --int8-max-drift > 0")
+    if args.temperature is not None and temperature_problem(args.temperature):
+        raise UserError(f"--temperature {temperature_problem(args.temperature)}")
     task = load_task(args.task)
     run, out = Path(args.run or f"runs/{task.name}/cinn"), Path(args.out or f"engines/{task.name}")
     model, config = load_translator(run)
@@ -275,11 +301,12 @@ def main(argv: list[str] | None = None) -> int:
     m = export_bundle(model, experts, out, task=task.name, cond=cond, z=z, origin=origin, source=source,
                       opset=args.opset, int8=int8, calibration=(c_cal, z_cal) if int8 else None,
                       calibration_origin=cal_origin, int8_max_drift=args.int8_max_drift, fuse=not args.no_fuse,
-                      int8_min_speedup=args.int8_min_speedup)
+                      int8_min_speedup=args.int8_min_speedup, temperature=args.temperature)
     print(f"wrote {out}: stages {', '.join(sorted(m['stages']))}; {len(z)} validation pairs ({origin})")
     worst = max(max(r.values()) for r in m["checks"]["parity"].values())
     rt = max(m["checks"]["roundtrip_rel"].values())
-    print(f"parity vs PyTorch: max rel err {worst:.2e}; flow round trip {rt:.2e}")
+    print(f"parity vs PyTorch: max rel err {worst:.2e}; flow round trip {rt:.2e}; default sampling temperature "
+          f"{m['sampling']['temperature']:g} ({m['sampling']['chosen_by']})")
     if "int8" in m["checks"] and "refused" not in m["checks"]["int8"]:
         q = m["checks"]["int8"]
         print(f"int8 (static, {q['calibration_pairs']} calibration pairs: {q['calibration_origin']}): round trip "

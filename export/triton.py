@@ -29,7 +29,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from runtime.manifest import FUSED_ROLES, PipelineError, read_manifest, select_stages, sha256_file, verify_files
+from runtime.manifest import (FUSED_ROLES, PipelineError, default_temperature, read_manifest, select_stages, sha256_file,
+                              verify_files)
 
 TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64", "int32": "TYPE_INT32",
                 "uint8": "TYPE_UINT8", "int8": "TYPE_INT8", "bool": "TYPE_BOOL"}
@@ -130,6 +131,7 @@ def client_info(manifest: dict, configs: dict[str, dict]) -> dict:
     info = {"task": manifest["task"], "source_kind": manifest["source_kind"], "latent_dim": manifest["latent_dim"],
             "sampling": "v = numpy.random.default_rng(seed).standard_normal((N, latent_dim), dtype=float32) * "
                         "temperature; row i of one call with seed s equals runtime.Pipeline.translate(..., seed=s)",
+            "default_temperature": default_temperature(manifest),
             "models": {name: {"inputs": {t["name"]: [str(t["data_type"]), t["dims"]] for t in c["input"]},
                               "outputs": {t["name"]: [str(t["data_type"]), t["dims"]] for t in c["output"]}}
                        for name, c in configs.items() if c["platform"] == "ensemble"}}

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime import app as app_cmd  # stdlib only; the web stack is imported when `app` runs
-from runtime.manifest import PipelineError, read_manifest
+from runtime.manifest import PipelineError, default_temperature, read_manifest
 from runtime.pipeline import BACKENDS, Pipeline
 
 
@@ -199,6 +199,8 @@ def cmd_info(args) -> int:
         io = ", ".join(f"{t['name']}{t['shape']}:{t['dtype']}" for t in st["inputs"])
         out = ", ".join(f"{t['name']}{t['shape']}" for t in st["outputs"])
         print(f"  {name:24s} {st['file']:26s} ({io}) -> ({out})")
+    print(f"  default temperature: {default_temperature(m):g}"
+          + ("" if "sampling" in m else " (the manifest predates sampling.temperature)"))
     for key in ("image", "tokenizer", "attribute_names", "split", "exporter", "tensorrt"):
         if key in m:
             value = {k: v for k, v in m[key].items() if k not in ("files", "plans")} if isinstance(m[key], dict) \
@@ -261,7 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--image", action="append", help="source image file (image-source bundles), repeatable")
     t.add_argument("--num-samples", type=int, default=1)
     t.add_argument("--seed", type=int)
-    t.add_argument("--temperature", type=float, default=1.0)
+    t.add_argument("--temperature", type=float,
+                   help="v ~ N(0, T² I) (default: the bundle's, manifest sampling.temperature; 1 samples the "
+                        "trained density)")
     t.add_argument("--out", help="grid .png (image bundles) or .npy (latents)")
     e = cmds["edit"]
     e.add_argument("--image", required=True)

@@ -19,6 +19,9 @@ SHA-256 next to its name (stages, tokenizer files, validation arrays, TensorRT p
     source_image    same, for image sources
     tokenizer       {files {path: sha256}, max_tokens, pad_id}               (text sources)
     validation      {origin, count, files {path: sha256}}
+    sampling        {temperature, chosen_by}: the default temperature of `translate` (v ~ N(0, T² I)), chosen
+                    by measurement per task (docs/results.md); export always writes it. A bundle without it
+                    (exported before it existed) loads with temperature 1, what it was always sampled at
     source, exporter, warnings, checks; optional attribute_names, split, tensorrt {version, gpu,
     compute_capability, plans {stage: {file, sha256, min_batch, opt_batch, max_batch, seq, workspace_gb}}}
     source.run      the run's name ("attributes/cinn"), never a path of the exporting machine
@@ -71,6 +74,10 @@ FUSED_INPUTS = {"translate": {"text": ("input_ids", "attention_mask", "v"), "ima
 ROLES = ("source_encoder", *STAGE_IO, *FUSED_ROLES)
 
 
+DEFAULT_TEMPERATURE = 1.0        # bundles without a `sampling` section: what they were always sampled at
+MAX_TEMPERATURE = 10.0            # v ~ N(0, T² I); beyond this a translator is far outside what it was trained on
+
+
 class PipelineError(ValueError):
     """Anything wrong with a bundle or with the input given to it; the message says what to do."""
 
@@ -102,6 +109,19 @@ def stage_io(role: str, source_kind: str, decoder: bool = True) -> tuple[tuple[s
     if role in FUSED_ROLES:
         return FUSED_INPUTS[role][source_kind], ("image",) if decoder else ("z",)
     return SOURCE_IO[source_kind] if role == "source_encoder" else STAGE_IO[role]
+
+
+def default_temperature(manifest: dict) -> float:
+    """The bundle's default sampling temperature (`sampling.temperature`, DEFAULT_TEMPERATURE if absent)."""
+    return float(manifest.get("sampling", {}).get("temperature", DEFAULT_TEMPERATURE))
+
+
+def temperature_problem(t) -> str | None:
+    """Why `t` is not a usable temperature (None when it is): a finite number in (0, MAX_TEMPERATURE]."""
+    if isinstance(t, bool) or not isinstance(t, (int, float, np.integer, np.floating)) or not np.isfinite(t) \
+            or not 0 < t <= MAX_TEMPERATURE:
+        return f"must be a finite number > 0 and <= {MAX_TEMPERATURE:g}, got {t!r}"
+    return None
 
 
 def sha256_file(path: str | Path) -> str:
@@ -236,6 +256,19 @@ def _check_stage(m: dict, name: str, st) -> None:
                         f"['batch', {', '.join('seq' if e is None else str(e) for e in dims)}]")
 
 
+def _check_sampling(m: dict) -> None:
+    """`sampling` is optional: bundles exported before it existed sample at temperature 1 (export.onnx always
+    writes it; export.trt / fp16 may rewrite an older bundle's manifest and leave it out)."""
+    if "sampling" not in m:
+        return
+    sampling = _need(m, "sampling", dict)
+    problem = temperature_problem(sampling.get("temperature"))
+    if problem:
+        raise _fail("'sampling.temperature'", problem)
+    if not isinstance(sampling.get("chosen_by", ""), str):
+        raise _fail("'sampling.chosen_by'", "must be a string")
+
+
 def validate_manifest(m, writing: bool = False) -> None:
     """The manifest schema: structure, types, and the sizes each stage's tensors must have given
     latent_dim, cond_shape and the image sections. Raises PipelineError naming the field.
@@ -279,6 +312,7 @@ def validate_manifest(m, writing: bool = False) -> None:
     if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)
                               or len(m["cond_shape"]) != 1 or len(names) != m["cond_shape"][0]):
         raise _fail("'attribute_names'", f"must list one name per condition entry ({m['cond_shape']})")
+    _check_sampling(m)
     trt = m.get("tensorrt")
     if trt is not None:
         plans = _need(m, "tensorrt", dict).get("plans", {})

@@ -11,7 +11,9 @@ attributes, labels, features), or uint8 images (N, H, W, 3) (image-source bundle
 
 Sampling: v = np.random.default_rng(seed).standard_normal((N*S, D), dtype=np.float32) * temperature,
 drawn once per call (row i*S + k is sample k of source i), so results do not depend on how batches
-are split; PyTorch reproduces them from the same array (`torch.from_numpy(v)`).
+are split; PyTorch reproduces them from the same array (`torch.from_numpy(v)`). temperature=None (the
+default) is the bundle's `default_temperature`, the one export recorded in the manifest (`sampling.temperature`,
+chosen per task by measurement: docs/results.md); bundles exported before that field existed use 1.
 Images are uint8 NHWC at the API; graphs see float NCHW in [-1, 1]: x / 127.5 - 1 going in,
 clip(rint((y + 1) * 127.5), 0, 255) coming out.
 
@@ -53,6 +55,7 @@ from runtime.inputs import (  # noqa: F401  (images_*: re-exported, callers impo
 from runtime.manifest import (
     FUSED_ROLES,
     PipelineError,
+    default_temperature,
     read_manifest,
     select_stages,
     verify_files,
@@ -75,6 +78,7 @@ class Pipeline(SelfCheck):
         self.latent_dim = int(manifest["latent_dim"])
         self.cond_shape = tuple(manifest["cond_shape"])
         self.attribute_names = manifest.get("attribute_names")
+        self.default_temperature = default_temperature(manifest)
         self._warned, self._warn_lock = False, threading.Lock()
         self._tokenizer = self._load_tokenizer() if self.source_kind == "text" else None
 
@@ -136,13 +140,18 @@ class Pipeline(SelfCheck):
         return (*img["size"], img["channels"]) if img else None
 
     # ---- high-level calls ----------------------------------------------------------------------
-    def translate(self, source, num_samples: int = 1, seed: int | None = None, temperature: float = 1.0):
+    def translate(self, source, num_samples: int = 1, seed: int | None = None, temperature: float | None = None):
         """Samples of the target for each source: images uint8 (N*S, H, W, C) when the bundle has a
-        decoder, else latents (N*S, D); row i*S + k is sample k of source i."""
+        decoder, else latents (N*S, D); row i*S + k is sample k of source i. v ~ N(0, temperature² I);
+        temperature None: the bundle's `default_temperature` (temperature=1 samples the trained density)."""
         return self._translate(source, num_samples, seed, temperature, fused=True)
 
+    def temperature(self, temperature: float | None = None) -> float:
+        """`temperature` checked, or the bundle's default when None."""
+        return self.default_temperature if temperature is None else check_temperature(temperature)
+
     def _translate(self, source, num_samples, seed, temperature, fused: bool):
-        s, t = check_count(num_samples), check_temperature(temperature)
+        s, t = check_count(num_samples), self.temperature(temperature)
         check_rows(s, self.max_samples, "num_samples")
         rng = seeded_rng(seed)
         # the text encoder runs one row per call (see encode_source), so a fused graph only for a single text

@@ -4,7 +4,7 @@ Every bundle under ENGINES_DIR (a folder with manifest.json; ENGINES_DIR may its
 
     TASK       inputs  source      text: BYTES [1]; vector: FP32 [cond dim]; image: UINT8 [H, W, C]
                        seed        INT64 [1], >= 0
-                       temperature FP32 [1], optional, default 1
+                       temperature FP32 [1], optional, default: the bundle's (manifest sampling.temperature)
                output  image       UINT8 [H, W, C]; bundles without a decoder: z FP32 [D]
     TASK_edit  inputs  image (UINT8 [H, W, C]), source, new_source (as above)       (bundles with a target encoder)
                output  image (Pipeline.transfer of that row)
@@ -112,13 +112,13 @@ def residuals(p: Pipeline, seeds: np.ndarray, temperatures: np.ndarray) -> np.nd
                            for s, t in zip(seeds, temperatures)])
 
 
-def _seeds_and_temperatures(request) -> tuple[np.ndarray, np.ndarray]:
+def _seeds_and_temperatures(request, default: float) -> tuple[np.ndarray, np.ndarray]:
     seeds = np.asarray(request["seed"]).reshape(-1)
     for i, s in enumerate(seeds):
         if s < 0:
             raise PipelineError(f"seed[{i}] must be an integer >= 0, got {int(s)}")
     if "temperature" not in request.keys():
-        return seeds, np.ones(len(seeds), np.float32)
+        return seeds, np.full(len(seeds), default, np.float32)
     temperatures = np.asarray(request["temperature"], np.float32).reshape(-1)
     for t in temperatures:
         check_temperature(float(t))
@@ -164,7 +164,7 @@ class TranslateModel(_RowModel):
         sources, seeds, temps = [], [], []
         for request in requests:
             sources.append(_rows(self.p, request["source"], "source"))
-            s, t = _seeds_and_temperatures(request)
+            s, t = _seeds_and_temperatures(request, self.p.default_temperature)
             if len(s) != len(sources[-1]) or len(t) != len(s):
                 raise PipelineError(f"source, seed and temperature must have the same number of rows, got "
                                     f"{len(sources[-1])}, {len(s)}, {len(t)}")

@@ -68,6 +68,7 @@ def test_models_written_per_bundle(repo, bundles):
         (bundles["text2image"] / "tokenizer/tokenizer.json").read_bytes()
     info = json.loads((out / "text2image" / "client.json").read_text())
     assert info["tokenizer"]["max_tokens"] == 16 and info["latent_dim"] == 6
+    assert info["default_temperature"] == 1.0          # the test bundle's manifest `sampling` (no measured choice)
     assert set(info["models"]) == {"text2image", "text2image_edit"}
 
 

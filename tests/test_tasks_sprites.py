@@ -47,6 +47,8 @@ def test_smoke_run_keeps_experts_frozen_and_evaluates(task, train_smoke, oracle_
     experts = load_all()[task].experts(config)
     for module in (experts.source_encoder, experts.target_encoder, experts.target_decoder):
         assert module is None or not any(p.requires_grad for p in module.parameters())
+    from train.tasks.sprites import SAMPLING
+    assert experts.info["sampling"] == SAMPLING[task]        # what export writes into the manifest
     capsys.readouterr()
     evaluate.main(["--run", str(out), "--num-images", "20", "--oracle", str(oracle_run), "--json"])
     result = json.loads(capsys.readouterr().out)
@@ -63,6 +65,19 @@ def test_smoke_run_keeps_experts_frozen_and_evaluates(task, train_smoke, oracle_
     for fid in [result[k] for k in fid_keys + ["fid_real", "fid_recon"]] + [result["mlp"][k] for k in fid_keys]:
         assert np.isfinite(fid) and fid >= 0.0
     assert result["fid_reference"]["reference_count"] == 20
+    from train.tasks.sprites import SAMPLING
+    assert result["temperature"] == SAMPLING[task]["temperature"]      # the task's measured default
+    new_keys = (["sample_accuracy", "sample_all_rate"] if task == "attributes"
+                else ["train_phrasing_attribute_accuracy", "train_phrasing_per_attribute", "fid_train_phrasing"])
+    for key in new_keys:
+        assert key in result and key in result["mlp"], key
+    # --temperature moves what is sampled, never the edits (they keep each image's own v)
+    evaluate.main(["--run", str(out), "--num-images", "20", "--oracle", str(oracle_run), "--json",
+                   "--temperature", "0.25"])
+    cold = json.loads(capsys.readouterr().out)
+    assert cold["temperature"] == 0.25 and cold["diversity"] < result["diversity"]
+    if task == "attributes":
+        assert cold["flip_success"] == result["flip_success"] and cold["fid_edits"] == result["fid_edits"]
 
 
 def test_editing_identity_returns_the_reconstruction(ae_run, tmp_path):

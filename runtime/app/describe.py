@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.manifest import PipelineError
+from runtime.manifest import PipelineError, default_temperature
 
 MAX_TEXT_CHARS = 500
 
@@ -58,7 +58,7 @@ def describe(task: str, bundle: Path, manifest: dict) -> dict:
     d = {"task": task, "manifest_task": manifest["task"], "source_kind": kind,
          "latent_dim": manifest["latent_dim"], "cond_shape": manifest["cond_shape"],
          "image": [*img["size"], img["channels"]] if img else None,
-         "has_decoder": "target_decoder" in stages,
+         "has_decoder": "target_decoder" in stages, "temperature": default_temperature(manifest),
          "can_edit": {"target_encoder", "target_decoder"} <= stages and kind != "image",
          "warnings": manifest.get("warnings", []), "attributes": None, "example": None}
     names = manifest.get("attribute_names")

@@ -2,7 +2,8 @@
 
     GET  /                       the page (static/index.html, app.js, app.css)
     GET  /api/bundles            every bundle: panels, controls, examples (describe.describe)
-    POST /api/{task}/sample      JSON {sources, num_samples, seed, temperature} -> PNGs (or latents)
+    POST /api/{task}/sample      JSON {sources, num_samples, seed, temperature} -> PNGs (or latents); temperature
+                                 left out: the bundle's default (its manifest's sampling.temperature)
     POST /api/{task}/edit        form: image file, source, new_source (JSON) -> input, reconstruction, edited
     POST /api/{task}/transfer    form: image_a, image_b, source_a, source_b -> 2x2 grid
 
@@ -88,7 +89,7 @@ class SampleRequest(BaseModel):
     sources: list
     num_samples: int = 1
     seed: int = 0
-    temperature: float = 1.0
+    temperature: float | None = None         # None: the bundle's default (manifest sampling.temperature)
 
 
 def png_url(image: np.ndarray) -> str:
@@ -177,8 +178,9 @@ def create_app(engine, bundles: dict[str, Path], manifests: dict[str, dict], max
                                 f"{MAX_ROWS} images; ask for fewer")
         if not 0 <= req.seed <= MAX_SEED - MAX_ROWS:
             raise PipelineError(f"seed must be an integer from 0 to {MAX_SEED - MAX_ROWS}, got {req.seed}")
-        if not (np.isfinite(req.temperature) and 0 < req.temperature <= 10):
-            raise PipelineError(f"temperature must be > 0 and <= 10, got {req.temperature}")
+        temperature = d["temperature"] if req.temperature is None else req.temperature
+        if not (np.isfinite(temperature) and 0 < temperature <= 10):
+            raise PipelineError(f"temperature must be > 0 and <= 10, got {temperature}")
         rows = [read_source(d, s, f"source {i + 1}" if len(req.sources) > 1 else "the source")
                 for i, s in enumerate(req.sources)]
         sources = [r for r in rows for _ in range(req.num_samples)]
@@ -186,9 +188,10 @@ def create_app(engine, bundles: dict[str, Path], manifests: dict[str, dict], max
         if d["source_kind"] == "vector":
             sources = np.stack(sources)
         t = time.perf_counter()
-        out = engine.sample(task, sources, seeds, req.temperature)
+        out = engine.sample(task, sources, seeds, temperature)
         latency = (time.perf_counter() - t) * 1e3
-        result = {"rows": len(rows), "cols": req.num_samples, "seeds": seeds, "latency_ms": latency}
+        result = {"rows": len(rows), "cols": req.num_samples, "seeds": seeds, "temperature": temperature,
+                  "latency_ms": latency}
         if d["has_decoder"]:
             result["images"] = [png_url(x) for x in out]
         else:

@@ -46,10 +46,10 @@ def probe(v_train, y_train, v_test, y_test, steps: int = 300) -> tuple[np.ndarra
     return acc, (y_test == majority).float().mean(0).numpy()
 
 
-def diversity(translator, cond, samples: int, seed: int) -> float:
+def diversity(translator, cond, samples: int, seed: int, temperature: float = 1.0) -> float:
     """Mean over conditions of the per-pixel standard deviation across samples (pixels in [0, 1]) of the images
-    `translator.sample(cond, samples, seed)` draws."""
-    imgs = (translator.sample(cond, samples, seed) + 1) / 2
+    `translator.sample(cond, samples, seed, temperature)` draws."""
+    imgs = (translator.sample(cond, samples, seed, temperature) + 1) / 2
     return float(imgs.reshape(len(cond), samples, -1).std(1).mean())
 
 

@@ -51,7 +51,8 @@ def _condition(config: dict, attributes: np.ndarray, split: str, seed: int, enco
     return encoder.encode(texts), texts
 
 
-def write_grids(run_dir: str | Path, model, num: int = 6, samples: int = 6, seed: int = 0) -> None:
+def write_grids(run_dir: str | Path, model, num: int = 6, samples: int = 6, seed: int = 0,
+                temperature: float = 1.0) -> None:
     """PNGs in RUN/grids/: attribute edits (Fig. 6), samples per condition, exemplar transfer; for text,
     captions rendered above their samples (Fig. 1): held-out phrasing (samples.png) and training phrasing."""
     translator, config = load_task_run(run_dir)
@@ -69,10 +70,10 @@ def write_grids(run_dir: str | Path, model, num: int = 6, samples: int = 6, seed
             rows.append([images[i], *to_uint8(edits)])
         save_grid(rows, out / "edits.png", col_titles=["input", "recon", *[a.split("_", 1)[1] for a in ATTRIBUTES]],
                   header="attribute editing: input | recon L(t(v|c)) | each attribute flipped", scale=2)
-        sampled = to_uint8(translator.sample(c, samples, seed))
+        sampled = to_uint8(translator.sample(c, samples, seed, temperature))
         save_grid([list(sampled[i * samples:(i + 1) * samples]) for i in range(num)], out / "samples.png",
                   row_titles=[", ".join(a for a, on in zip(ATTRIBUTES, attrs[i]) if on) for i in range(num)],
-                  header="samples L(t(v|c)), v ~ N(0, I)", scale=2)
+                  header=f"samples L(t(v|c)), v ~ N(0, I) x temperature {temperature:g}", scale=2)
         if not translator.invertible:          # the MLP has no residual to transfer
             return
         v = translator.residual(x, c)          # exemplar i's residual with image j's attributes
@@ -84,15 +85,17 @@ def write_grids(run_dir: str | Path, model, num: int = 6, samples: int = 6, seed
         encoder = TextEncoder(config["text_encoder"])
         for split, name in (("heldout", "samples.png"), ("train", "samples_train_phrasing.png")):
             cond, texts = _condition(config, attrs, split, seed, encoder)
-            sampled = to_uint8(translator.sample(cond, samples, seed))
+            sampled = to_uint8(translator.sample(cond, samples, seed, temperature))
             save_grid([list(sampled[i * samples:(i + 1) * samples]) for i in range(num)], out / name,
                       row_titles=texts, header=f"{'held-out' if split == 'heldout' else 'training'}-phrased "
                       "captions -> samples", scale=2)
 
 
-def evaluate_attributes(translator, oracle, n: int, seed: int, fid: OracleFID | None = None) -> dict:
+def evaluate_attributes(translator, oracle, n: int, seed: int, fid: OracleFID | None = None,
+                        temperature: float = 1.0) -> dict:
     """With `fid`: also `fid` (one sample per test attribute vector) and `fid_edits` (image i edited by
-    flipping attribute i mod 13: n edits, one per image, so at the same N as `fid`)."""
+    flipping attribute i mod 13: n edits, one per image, so at the same N as `fid`). Samples (`fid`,
+    `sample_accuracy`, `diversity`) draw v ~ N(0, temperature² I); edits keep the image's own v."""
     start = SPLITS["test"][0]
     images, attrs, _ = render_batch(range(start, start + n), "test", translator.ae.image_size)
     x, c = to_tensor(images), torch.from_numpy(attrs)
@@ -113,7 +116,10 @@ def evaluate_attributes(translator, oracle, n: int, seed: int, fid: OracleFID | 
               "keep_all_rate": float(np.mean(keep_all)),
               "recon_agreement": float((recon_read == attrs).mean()),
               "per_attribute_flip_success": {a: float(f) for a, f in zip(ATTRIBUTES, flip_ok)},
-              "diversity": diversity(translator, c[:50], 8, seed)}
+              "diversity": diversity(translator, c[:50], 8, seed, temperature)}
+    samples = translator.sample(c, 1, seed, temperature)
+    read = oracle.predict(samples)              # share of attribute entries of a sample read as asked
+    result.update(sample_accuracy=float((read == attrs).mean()), sample_all_rate=float((read == attrs).all(1).mean()))
     if translator.invertible:
         tr_attr, tr_z = sprite_latents(translator.ae_dir, translator.ae, "train", 5000)
         with torch.no_grad():
@@ -124,15 +130,16 @@ def evaluate_attributes(translator, oracle, n: int, seed: int, fid: OracleFID | 
     else:
         result.update(probe_accuracy=None, probe_baseline=None)
     if fid is not None:
-        result.update(fid=fid(translator.sample(c, 1, seed)), fid_edits=fid(edits))
+        result.update(fid=fid(samples), fid_edits=fid(edits))
     return result
 
 
-def _score_captions(translator, oracle, encoder, texts, mentioned, seed) -> tuple[float, dict[str, float]]:
+def _score_captions(translator, oracle, encoder, texts, mentioned, seed,
+                    temperature: float = 1.0) -> tuple[float, dict[str, float]]:
     """The oracle reads one sample per caption. Overall: share of the mentioned attribute entries read as
     mentioned (a mentioned colour contributes its five entries). Per attribute: share of the captions
     mentioning it whose sample shows the mentioned value (a one-hot group such as colour is one attribute)."""
-    return _score_reads(oracle.predict(translator.sample(encoder.encode(texts), 1, seed)), mentioned)
+    return _score_reads(oracle.predict(translator.sample(encoder.encode(texts), 1, seed, temperature)), mentioned)
 
 
 def _score_reads(read, mentioned) -> tuple[float, dict[str, float]]:
@@ -147,29 +154,38 @@ def _score_reads(read, mentioned) -> tuple[float, dict[str, float]]:
 
 
 def evaluate_text(translator, oracle, config, n: int, seed: int, captions_file: str | None,
-                  fid: OracleFID | None = None) -> dict:
-    """With `fid`: also `fid` of the samples of the held-out-phrased captions (one per test sprite)."""
+                  fid: OracleFID | None = None, temperature: float = 1.0) -> dict:
+    """With `fid`: also `fid` of the samples of the held-out-phrased captions (one per test sprite), and
+    `fid_train_phrasing` of those of training-phrased captions of the same sprites (`train_phrasing_*`:
+    their accuracy). Every sample draws v ~ N(0, temperature² I)."""
     encoder = TextEncoder(config["text_encoder"])
     start = SPLITS["test"][0]
     _, attrs, _ = render_batch(range(start, start + n), "test", translator.ae.image_size)
     rng = np.random.default_rng(seed)
     pairs = [make_caption(a, rng, "heldout") for a in attrs]
-    samples = translator.sample(encoder.encode([p[0] for p in pairs]), 1, seed)
+    samples = translator.sample(encoder.encode([p[0] for p in pairs]), 1, seed, temperature)
     acc, per = _score_reads(oracle.predict(samples), [p[1] for p in pairs])
     result = {"heldout_attribute_accuracy": acc, "heldout_per_attribute": per}
+    # the same sprites in training phrasing (as many partial captions): what the language costs, apart
+    train_pairs = [make_caption(a, rng, "train") for a in attrs]
+    train_samples = translator.sample(encoder.encode([p[0] for p in train_pairs]), 1, seed, temperature)
+    acc, per = _score_reads(oracle.predict(train_samples), [p[1] for p in train_pairs])
+    result.update(train_phrasing_attribute_accuracy=acc, train_phrasing_per_attribute=per)
     if fid is not None:
-        result["fid"] = fid(samples)
+        result.update(fid=fid(samples), fid_train_phrasing=fid(train_samples))
     cond, _ = _condition(config, attrs[:50], "heldout", seed, encoder)
-    result["diversity"] = diversity(translator, cond, 8, seed)
+    result["diversity"] = diversity(translator, cond, 8, seed, temperature)
     if captions_file:
         items = load_captions_jsonl(captions_file)
-        acc, per = _score_captions(translator, oracle, encoder, [t for t, _ in items], [m for _, m in items], seed)
+        acc, per = _score_captions(translator, oracle, encoder, [t for t, _ in items], [m for _, m in items], seed,
+                                   temperature)
         result.update(caption_attribute_accuracy=acc, caption_per_attribute=per)
     return result
 
 
-def evaluate_run(req) -> dict:
-    """`python -m train.evaluate --task attributes|text2image --run runs/<task>/cinn --json` (an EvalRequest)."""
+def evaluate_run(req, temperature: float = 1.0) -> dict:
+    """`python -m train.evaluate --task attributes|text2image --run runs/<task>/cinn --json` (an EvalRequest);
+    samples at `temperature` (train/tasks/sprites.py passes the task's default unless --temperature is given)."""
     run = Path(req.run)
     translator, config = load_task_run(run)
     if req.captions and config["task"] != "text2image":
@@ -180,10 +196,10 @@ def evaluate_run(req) -> dict:
 
     def one(t):
         if config["task"] == "attributes":
-            return evaluate_attributes(t, oracle, n, req.seed, fid)
-        return evaluate_text(t, oracle, config, n, req.seed, req.captions, fid)
+            return evaluate_attributes(t, oracle, n, req.seed, fid, temperature)
+        return evaluate_text(t, oracle, config, n, req.seed, req.captions, fid, temperature)
 
     start = SPLITS["test"][0]
     real = render_batch(range(start, start + n), "test", translator.ae.image_size)[0]
-    return {"task": config["task"], "run": str(run), "num_images": n, **one(translator),
+    return {"task": config["task"], "run": str(run), "num_images": n, "temperature": temperature, **one(translator),
             **fid.references(real, translator), **mlp_baseline(run, translator, one)}

@@ -52,6 +52,11 @@ _SPRITE_DATA = {name: p["data"] for name, p in SPRITE_PRESETS.items()}
 ATTRIBUTE_PRESETS = derive(SPRITE_PRESETS, _SPRITE_DATA, steps=3000, target_noise=0.15)
 TEXT_PRESETS = derive(SPRITE_PRESETS, _SPRITE_DATA, flow={"cond_whiten": 1.0}, steps=2000, target_noise=0.15)
 
+# Default sampling temperature per task (v ~ N(0, T² I)): the evaluation's default and, through the experts'
+# info, the exported bundle's (manifest `sampling`). Chosen by measurement: docs/results.md, "Sampling temperature".
+SAMPLING = {"attributes": {"temperature": 1.3, "chosen_by": "docs/results.md#sampling-temperature"},
+            "text2image": {"temperature": 1.3, "chosen_by": "docs/results.md#sampling-temperature"}}
+
 
 @dataclass
 class SpriteOptions:
@@ -117,7 +122,7 @@ def sprite_experts(config: dict) -> Experts:
     ae = load_ae(config["ae"])
     text = config.get("task") == "text2image"
     source = TextEncoder(config["text_encoder"]) if text else None
-    info = {"image_size": ae.image_size, "warnings": []}
+    info = {"image_size": ae.image_size, "warnings": [], "sampling": SAMPLING[config.get("task", "attributes")]}
     if text:
         info.update(tokenizer_dir=source.path, max_tokens=source.max_tokens)
     else:
@@ -127,17 +132,24 @@ def sprite_experts(config: dict) -> Experts:
 
 
 def _grids(result: RunResult) -> None:
-    write_grids(result.run, result.model)
+    write_grids(result.run, result.model, temperature=SAMPLING[result.request.task]["temperature"])
 
 
 @dataclass
 class SpriteEval:
     """Evaluation options of attributes / text2image (--captions is a generic flag of train.evaluate)."""
+    temperature: float | None = option(help="sampling temperature of every sample (default: the task's, "
+                                            "SAMPLING in train/tasks/sprites.py)", type=float)
+
+
+def _evaluate(req) -> dict:
+    t = req.options.temperature
+    return evaluate_run(req, SAMPLING[req.config["task"]]["temperature"] if t is None else t)
 
 
 TASKS = {
     "attributes": Task("attributes", "attribute vector -> sprites AE (editing, Fig. 6)", _attributes_pairs,
-                       ATTRIBUTE_PRESETS, SpriteOptions, sprite_experts, _grids, evaluate_run),
+                       ATTRIBUTE_PRESETS, SpriteOptions, sprite_experts, _grids, _evaluate, SpriteEval),
     "text2image": Task("text2image", "MiniLM sentence embedding -> sprites AE (Fig. 1 style)", _text_pairs,
-                       TEXT_PRESETS, SpriteOptions, sprite_experts, _grids, evaluate_run),
+                       TEXT_PRESETS, SpriteOptions, sprite_experts, _grids, _evaluate, SpriteEval),
 }

@@ -141,7 +141,7 @@ function samplePanel(d, hooks) {
     title: d.source_kind === "text" ? "Captions (one per line)" : undefined});
   const n = el("input", {type: "number", name: "num_samples", min: 1, max: 16, value: d.has_decoder ? 4 : 2});
   const seed = el("input", {type: "number", name: "seed", min: 0, value: 0});
-  const temp = el("input", {type: "number", name: "temperature", min: 0.05, max: 10, step: 0.05, value: 1.0});
+  const temp = el("input", {type: "number", name: "temperature", min: 0.05, max: 10, step: 0.05, value: d.temperature ?? 1.0});
   const button = el("button", {class: "primary", "data-action": "sample"}, d.has_decoder ? "Generate" : "Translate");
   const p = panel(d.has_decoder ? "Sample" : "Latents",
     d.has_decoder ? "Draw samples of the target for a source." + (hooks ? " Send a sample to the edit or " +
