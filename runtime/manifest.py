@@ -1,9 +1,7 @@
 """The bundle contract: schema constants, reading, validation and SHA-256 checks of `engines/NAME/`.
 
-`export` writes bundles with these constants (it imports this module); the runtime reads them. This
-module imports only the standard library and numpy, so `python -m export.trt --bundle` works on a
-machine without onnxruntime or torch. `max_rel`, `l2_rel` and `nll_per_dim` are the measures both
-sides report (export checks, `runtime check`), defined once here.
+`export` writes bundles with these constants; the runtime reads them. Standard library and numpy only,
+so `python -m export.trt --bundle` works without onnxruntime or torch.
 
 A bundle is a folder with `manifest.json` and the files it names; every named file carries its
 SHA-256 next to its name (stages, tokenizer files, validation arrays, TensorRT plans). Schema 1:
@@ -19,9 +17,8 @@ SHA-256 next to its name (stages, tokenizer files, validation arrays, TensorRT p
     source_image    same, for image sources
     tokenizer       {files {path: sha256}, max_tokens, pad_id}               (text sources)
     validation      {origin, count, files {path: sha256}}
-    sampling        {temperature, chosen_by}: the default temperature of `translate` (v ~ N(0, T² I)), chosen
-                    by measurement per task (docs/results.md); export always writes it. A bundle without it
-                    (exported before it existed) loads with temperature 1, what it was always sampled at
+    sampling        {temperature, chosen_by}: `translate`'s default T (v ~ N(0, T² I)), measured per task;
+                    a bundle exported before it existed loads with T = 1, what it was always sampled at
     source, exporter, warnings, checks; optional attribute_names, split, tensorrt {version, gpu,
     compute_capability, plans {stage: {file, sha256, min_batch, opt_batch, max_batch, seq, workspace_gb}}}
     source.run      the run's name ("attributes/cinn"), never a path of the exporting machine
@@ -31,17 +28,7 @@ it reads: types, and every stage tensor's shape against latent_dim, cond_shape a
 `check_graph_io` then holds each graph's real I/O to the manifest, and `inside_bundle` refuses links
 out of the bundle before a file is opened. Every failure is a PipelineError naming the file and field.
 
-Optional fused stages (export.fuse; the Pipeline uses one when its precision is the one asked for, the
-chained stages otherwise): role `translate` (Φ -> τ -> Λ) or `transfer` (Θ -> τ⁻¹ -> τ -> Λ), named like
-any stage ("translate", "transfer.int8"), with two more fields: fused_from [stage names] and
-parity_max_rel (against the chained stages at export). I/O: see FUSED_INPUTS; the output is `image`,
-or `z` in bundles without a decoder.
-checks.int8 (export.quantize): roundtrip_rel, nll_fp32, nll_int8, nll_drift_nats_per_dim (absolute),
-v_batch_dependence_max_abs (and _fp32), groups {name: {precision, nll_drift_alone}}, fp32_groups,
-int8_weight_share, equalization {alpha, center, ...} (export.equalize), latency_batch{1,8}_ms,
-speedup_batch{1,8} (this CPU, onnxruntime), warnings [text: a written pair slower than fp32 here or mostly
-fp32], calibration_pairs, calibration_origin, targets; with refused: why (and the
-measurements of the refused pair) when no int8 stage was written.
+Fused stages (roles `translate`, `transfer`) and `checks.int8`: docs/bundle.md, "The manifest".
 """
 from __future__ import annotations
 
