@@ -17,7 +17,7 @@ import json
 
 from train.core.common import ArgParser, UserError, atomic_write_json, run_cli
 from train.data.synthetic import GENERATORS, get, write_benchmark
-from train.eval.synthetic import entropy_row, format_table, measure_gap
+from train.tasks.synthetic_gap import entropy_row, format_table, measure_gap
 
 
 def build_parser() -> argparse.ArgumentParser:
