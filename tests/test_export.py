@@ -366,6 +366,20 @@ def test_int8_speed_warns_by_default_and_refuses_only_when_asked(bundles, tmp_pa
         add_static_int8(b, cond, z, cond, z, min_speedup=1e9)
 
 
+def test_int8_groups_go_fp32_until_the_round_trip_meets_its_share(bundles, tmp_path, monkeypatch):
+    """With a round-trip target no int8 rounding can meet, group selection keeps every group fp32 (and the
+    pair, now plain fp32 MatMuls with equalization, still meets drift and round trip)."""
+    import export.quantize as quantize
+    b = copy_bundle(bundles.get("text2image"), tmp_path / "t2i")
+    cond, z = np.load(b / "validation/cond.npy"), np.load(b / "validation/target.npy")
+    monkeypatch.setattr(quantize, "MAX_ROUNDTRIP", 1e-30)
+    with pytest.raises(quantize.Int8Refused) as e:        # fp32 still rounds at ~1e-7 > 1e-30
+        quantize.add_static_int8(b, cond, z, cond, z)
+    r = e.value.report
+    assert set(r["fp32_groups"]) == set(r["groups"]) and r["int8_weight_share"] == 0
+    assert r["roundtrip_rel"] < 1e-5 and abs(r["nll_drift_nats_per_dim"]) < 1e-4
+
+
 @pytest.mark.parametrize("name", ["features", "text2image", "attributes"])
 def test_fp16_graphs_parity_and_roundtrip_under_onnxruntime(bundles, tmp_path, name):
     b = copy_bundle(bundles.get(name), tmp_path / name)
