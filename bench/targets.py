@@ -84,12 +84,13 @@ def _flow_floor(name: str, b: dict, bw: float) -> list[dict]:
 
 def _int8_story(r32: dict, r8: dict, b: dict, stage: str) -> str:
     """Why int8 is not 2.8x faster at batch 1: the bytes it saves against the fixed costs it keeps (and the
-    kernels quantize_dynamic adds), as the best speed-up those fixed costs allow."""
+    QuantizeLinear, equalization and fp32-group kernels the static QDQ graph adds), as the best speed-up those
+    fixed costs allow."""
     f32, f8 = fixed_costs(r32, b, stage, "fp32"), fixed_costs(r8, b, stage, "int8")
     best = r32["median_ms"] / (f8["total"] + r8["floor"]["memory_ms"])
     return (f"fp32 {_us(r32['median_ms'])} vs int8 {_us(r8['median_ms'])}. int8 shrinks the bytes "
-            f"{r32['floor']['bytes'] / 1e6:.3f} -> {r8['floor']['bytes'] / 1e6:.3f} MB, but quantize_dynamic turns "
-            f"each MatMul into DynamicQuantizeLinear + MatMulInteger + Cast/Mul ({f32['kernels']} -> {f8['kernels']} "
+            f"{r32['floor']['bytes'] / 1e6:.3f} -> {r8['floor']['bytes'] / 1e6:.3f} MB, but the static QDQ graph adds "
+            f"QuantizeLinear, equalization and separate bias/activation kernels ({f32['kernels']} -> {f8['kernels']} "
             f"kernels) and the fixed costs of the call stay: {_us(f32['total'])} fp32, {_us(f8['total'])} int8. "
             f"Even with its kernels streaming at the memory floor, the int8 call would take >= "
             f"{_us(f8['total'] + r8['floor']['memory_ms'])}: at most {best:.2f}x faster than this fp32 call.")
