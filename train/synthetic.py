@@ -7,7 +7,7 @@
 Each generator's data goes to OUT/NAME/data ({train,test}_{source,target}.npy and truth.json with H(zΘ|zΦ) in
 nats per target dim). With --train, τ is trained on it with a `features` preset (OUT/NAME/cinn, as
 `python -m train.cinn --task features` would) and evaluated on the test split (OUT/NAME/gap.json, and
-OUT/gaps.json for `all`); the table shows the gap,
+OUT/gaps.json when several were named); the table shows the gap,
 test NLL − H(zΘ|zΦ), which is KL(p‖q)/D >= 0. Generators (train/data/synthetic.py):
 """
 from __future__ import annotations
@@ -52,7 +52,7 @@ def main(argv=None) -> int:
                                     args.steps))
             atomic_write_json(f"{args.out}/{name}/gap.json", rows[-1])
             print(f"{name}: gap {rows[-1]['gap']:.4f} nats/dim", flush=True)
-        if args.generator == "all":
+        if len(names) > 1:
             atomic_write_json(f"{args.out}/gaps.json", rows)
     else:
         rows = []

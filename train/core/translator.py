@@ -45,7 +45,7 @@ class TrainConfig:
     lr: float = 1e-3
     warmup: int = 100              # linear warm-up steps, then cosine decay to lr·final_lr_frac
     final_lr_frac: float = 0.02
-    weight_decay: float = 0.0
+    weight_decay: float = 0.0      # decoupled (AdamW): each step shrinks every weight by lr·weight_decay
     grad_clip: float = 10.0
     val_every: int = 250
     ckpt_every: int = 1000
@@ -137,7 +137,9 @@ def train(kind: str, model_cfg: dict, cfg: TrainConfig, source: PairSource, out_
         raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
 
     model = build_model(kind, model_cfg).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # AdamW, not Adam's L2 term: Adam divides that term by the gradient scale, so it barely regularises the
+    # weights with large NLL gradients; with weight_decay 0 the two are the same update
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
     best = {"val": math.inf, "state": None}        # model selection on the held-out split (early stopping)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from train.core.common import read_json
 from train.core.presets import TrainOverrides
-from train.data.synthetic import get, sample, write_benchmark
+from train.data.synthetic import get, sample, stated_entropy, write_benchmark
 from train.eval.features import FeatureEval
 from train.tasks.contract import EvalRequest
 from train.tasks.features import FEATURES, FeatureOptions
@@ -19,7 +19,7 @@ from train.tasks.run import TrainRequest, train_task
 
 def entropy_row(name: str) -> dict:
     gen = get(name)
-    h, se, how = gen.entropy()
+    h, se, how = stated_entropy(name)
     return {"generator": name, "summary": gen.summary, "source_shape": list(sample(name, 1)[0].shape[1:]),
             "target_dim": gen.target_dim,
             "conditional_entropy": h, "standard_error": se, "method": how}
