@@ -76,7 +76,7 @@ def test_unknown_generator_is_refused_with_the_valid_names(tmp_path):
 
 def test_smoke_training_runs_on_every_generator(tmp_path):
     """The library path of `--train` on all seven (in this process, so the cached H is reused)."""
-    from train.eval.synthetic import measure_gap
+    from train.tasks.synthetic_gap import measure_gap
     for name in GENERATORS:
         r = measure_gap(name, tmp_path / name, "smoke", n=400, n_test=200, seed=0)
         assert r["generator"] == name and r["steps"] == 20
