@@ -53,6 +53,7 @@ def _one_json_object(stdout: bytes) -> dict:
 # every command with --json, and where it is tested (a new --json option must be added here)
 JSON_COMMANDS = {"runtime/__main__.py": "check, info: below", "train/evaluate.py": "below",
                  "train/caption_words.py": "test_tasks_sprites (one JSON list of rows, as documented)",
+                 "train/synthetic.py": "below (one JSON list of rows, as documented)",
                  "bench/serving.py": "--json FILE writes a file (stdout is the table): nothing to parse"}
 
 
@@ -71,6 +72,15 @@ def test_runtime_and_evaluate_json_print_one_object(bundles):
     p = run_limited(["-m", "train.evaluate", "--run", str(run), "--source", str(bundles.root / "c.npy"), "--target",
                      str(bundles.root / "z.npy"), "--json"], memory=TRAIN_MEMORY, timeout=180)
     assert p.returncode == 0 and _one_json_object(p.stdout)["num_samples"] == 2000
+
+
+def test_synthetic_json_keeps_stdout_for_the_rows(tmp_path):
+    """Its progress lines ("wrote ...") go to stderr with --json: stdout is one JSON list."""
+    p = run_limited(["-m", "train.synthetic", "--generator", "base,other", "--out", str(tmp_path), "--n", "200",
+                     "--n-test", "50", "--json"], memory=TRAIN_MEMORY, timeout=180)
+    assert p.returncode == 0, p.stderr.decode()[-2000:]
+    rows = json.loads(p.stdout.decode())
+    assert [r["generator"] for r in rows] == ["base", "other"] and b"wrote" in p.stderr
 
 
 def _noisy_evaluation(args) -> dict:

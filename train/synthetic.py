@@ -13,9 +13,10 @@ test NLL − H(zΘ|zΦ), which is KL(p‖q)/D >= 0. Generators (train/data/synth
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 
-from train.core.common import ArgParser, UserError, atomic_write_json, run_cli
+from train.core.common import ArgParser, UserError, atomic_write_json, json_stdout, run_cli
 from train.data.synthetic import GENERATORS, get, write_benchmark
 from train.tasks.synthetic_gap import entropy_row, format_table, measure_gap
 
@@ -43,25 +44,28 @@ def main(argv=None) -> int:
     names = list(GENERATORS) if args.generator == "all" else [get(n.strip()).name for n in args.generator.split(",")]
     if args.n < 20 or args.n_test < 2:
         raise UserError(f"--n must be >= 20 and --n-test >= 2 (got {args.n}, {args.n_test})")
-    if args.list:
-        rows = [entropy_row(name) for name in GENERATORS]
-    elif args.train:
-        rows = []
-        for name in names:
-            rows.append(measure_gap(name, f"{args.out}/{name}", args.preset, args.n, args.n_test, args.seed,
-                                    args.steps))
-            atomic_write_json(f"{args.out}/{name}/gap.json", rows[-1])
-            print(f"{name}: gap {rows[-1]['gap']:.4f} nats/dim", flush=True)
-        if len(names) > 1:
-            atomic_write_json(f"{args.out}/gaps.json", rows)
-    else:
-        rows = []
-        for name in names:
-            truth = write_benchmark(name, f"{args.out}/{name}/data", args.n, args.n_test, args.seed)
-            print(f"wrote {args.out}/{name}/data/{{train,test}}_{{source,target}}.npy and truth.json", flush=True)
-            rows.append({"generator": name, "source_shape": truth["source_shape"], "target_dim": truth["target_dim"],
-                         "conditional_entropy": truth["conditional_entropy_nats_per_dim"],
-                         "standard_error": truth["standard_error"], "method": truth["method"]})
+    # with --json, progress and training logs go to stderr: stdout is the one JSON list of rows
+    with json_stdout() if args.json else contextlib.nullcontext():
+        if args.list:
+            rows = [entropy_row(name) for name in GENERATORS]
+        elif args.train:
+            rows = []
+            for name in names:
+                rows.append(measure_gap(name, f"{args.out}/{name}", args.preset, args.n, args.n_test, args.seed,
+                                        args.steps))
+                atomic_write_json(f"{args.out}/{name}/gap.json", rows[-1])
+                print(f"{name}: gap {rows[-1]['gap']:.4f} nats/dim", flush=True)
+            if len(names) > 1:
+                atomic_write_json(f"{args.out}/gaps.json", rows)
+        else:
+            rows = []
+            for name in names:
+                truth = write_benchmark(name, f"{args.out}/{name}/data", args.n, args.n_test, args.seed)
+                print(f"wrote {args.out}/{name}/data/{{train,test}}_{{source,target}}.npy and truth.json", flush=True)
+                rows.append({"generator": name, "source_shape": truth["source_shape"],
+                             "target_dim": truth["target_dim"],
+                             "conditional_entropy": truth["conditional_entropy_nats_per_dim"],
+                             "standard_error": truth["standard_error"], "method": truth["method"]})
     print(json.dumps(rows, indent=1) if args.json else format_table(rows))
     return 0
 
