@@ -29,8 +29,15 @@ import shutil
 import sys
 from pathlib import Path
 
-from runtime.manifest import (FUSED_ROLES, PipelineError, default_temperature, read_manifest, select_stages, sha256_file,
-                              verify_files)
+from runtime.manifest import (
+    FUSED_ROLES,
+    PipelineError,
+    default_temperature,
+    read_manifest,
+    select_stages,
+    sha256_file,
+    verify_files,
+)
 
 TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64", "int32": "TYPE_INT32",
                 "uint8": "TYPE_UINT8", "int8": "TYPE_INT8", "bool": "TYPE_BOOL"}

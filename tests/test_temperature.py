@@ -59,7 +59,7 @@ def test_export_takes_the_tasks_choice_and_an_explicit_override(tmp_path):
 
 
 def test_sprite_tasks_hand_their_measured_temperature_to_export():
-    from train.tasks.sprites import SAMPLING, SpriteEval, TASKS
+    from train.tasks.sprites import SAMPLING, TASKS, SpriteEval
     for name in ("attributes", "text2image"):
         t = SAMPLING[name]
         assert 0 < t["temperature"] <= 10 and "results.md" in t["chosen_by"]

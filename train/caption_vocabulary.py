@@ -150,7 +150,7 @@ def colour_value(rgb, strict: bool = True) -> str | None:
 
 
 def colour_table() -> dict[str, tuple[float, float, float]]:
-    from matplotlib import colors as mc                            # a data table shipped in the wheel
+    from matplotlib import colors as mc  # a data table shipped in the wheel
     table = {}
     for name, hexcode in list(mc.CSS4_COLORS.items()) + list(mc.XKCD_COLORS.items()):
         name = name.removeprefix("xkcd:").replace("/", " ").strip()
