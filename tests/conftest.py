@@ -1,5 +1,5 @@
-"""Fixtures shared by the sprites task tests: a smoke-preset autoencoder and a 5-step oracle (seconds each).
-The real runs are far better; the plumbing under test is the same."""
+"""Fixtures shared by the tests: a smoke-preset autoencoder and a 5-step oracle (seconds each; the real runs
+are far better, the plumbing under test is the same), and the small test bundles."""
 import pytest
 
 
@@ -37,3 +37,10 @@ def train_smoke(ae_run):
         assert all(torch.equal(before[k], after[k]) for k in before)          # the AE never changed
         return root / task / "cinn"
     return run
+
+
+@pytest.fixture(scope="session")
+def bundles(tmp_path_factory):
+    """The small bundles of every kind (test_export.Bundles), built once per session in one folder."""
+    from test_export import Bundles
+    return Bundles(tmp_path_factory.getbasetemp() / "bundles")

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from test_export import ATTRIBUTES, ROOT, Bundles, copy_bundle
+from test_export import ATTRIBUTES, ROOT, copy_bundle
 
 from export.bundle import rehash
 from runtime import Pipeline, PipelineError
@@ -29,10 +29,6 @@ RUNTIME_MEMORY, TRAIN_MEMORY = 2 << 30, 6 << 30     # address space: the runtime
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
     [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
 
-
-@pytest.fixture(scope="session")
-def bundles(tmp_path_factory):
-    return Bundles(tmp_path_factory.getbasetemp() / "bundles")       # the folder test_export builds in
 
 
 def run_limited(args: list, memory: int = RUNTIME_MEMORY, timeout: float = 90) -> subprocess.CompletedProcess:

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 from PIL import Image
-from test_export import ATTRIBUTES, ROOT, Bundles, copy_bundle
+from test_export import ATTRIBUTES, ROOT, copy_bundle
 
 from runtime import Pipeline, PipelineError
 from runtime.__main__ import main as cli
@@ -29,10 +29,6 @@ _buf = io.BytesIO()
 Image.new("RGB", (4, 4)).save(_buf, format="PNG")
 TINY_PNG = _buf.getvalue()
 
-
-@pytest.fixture(scope="session")
-def bundles(tmp_path_factory):
-    return Bundles(tmp_path_factory.getbasetemp() / "bundles")       # the same folder test_export builds in
 
 
 @pytest.fixture(scope="module")

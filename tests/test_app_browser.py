@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from test_export import ROOT, Bundles, copy_bundle
+from test_export import ROOT, copy_bundle
 
 from runtime import Pipeline
 from runtime.images import fit_image
@@ -23,11 +23,6 @@ if not Path(CHROMIUM).is_file():
 pytest.importorskip("playwright.sync_api", reason="playwright is missing: pip install '.[app]'")
 pytest.importorskip("fastapi", reason="the [app] extra is not installed: pip install '.[app]'")
 from playwright.sync_api import sync_playwright  # noqa: E402
-
-
-@pytest.fixture(scope="session")
-def bundles(tmp_path_factory):
-    return Bundles(tmp_path_factory.getbasetemp() / "bundles")       # the same folder test_export builds in
 
 
 @pytest.fixture(scope="module")

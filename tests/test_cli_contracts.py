@@ -9,15 +9,10 @@ import subprocess
 import numpy as np
 import pytest
 from test_adversarial import TRAIN_MEMORY, _train_argv, run_limited
-from test_export import ROOT, Bundles
+from test_export import ROOT
 
 from runtime import PipelineError
 from train import cinn
-
-
-@pytest.fixture(scope="session")
-def bundles(tmp_path_factory):
-    return Bundles(tmp_path_factory.getbasetemp() / "bundles")       # the folder test_export builds in
 
 
 @pytest.fixture(scope="module")

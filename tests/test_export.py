@@ -161,10 +161,6 @@ class Bundles:
         return None, tiny_flow(6, (len(ATTRIBUTES),) if name == "attributes" else (3,)), ae
 
 
-@pytest.fixture(scope="session")
-def bundles(tmp_path_factory):
-    return Bundles(tmp_path_factory.getbasetemp() / "bundles")
-
 
 def copy_bundle(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_export import ATTRIBUTES, BLOCK_TORCH, ROOT, Bundles, copy_bundle
+from test_export import ATTRIBUTES, BLOCK_TORCH, ROOT, copy_bundle
 
 import runtime
 from runtime import Pipeline, PipelineError
@@ -25,10 +25,6 @@ from train.core.translator import load_translator
 def torch_images(x: torch.Tensor) -> np.ndarray:
     return images_from_model(x.numpy())
 
-
-@pytest.fixture(scope="session")
-def bundles(tmp_path_factory):
-    return Bundles(tmp_path_factory.getbasetemp() / "bundles")       # the same folder test_export builds in
 
 
 @pytest.fixture(scope="module")

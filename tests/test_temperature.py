@@ -6,16 +6,11 @@ import json
 
 import numpy as np
 import pytest
-from test_export import ATTRIBUTES, Bundles, copy_bundle
+from test_export import ATTRIBUTES, copy_bundle
 
 from runtime import Pipeline, PipelineError
 from runtime.__main__ import main as cli
 from runtime.manifest import MANIFEST, default_temperature, read_manifest, validate_manifest
-
-
-@pytest.fixture(scope="session")
-def bundles(tmp_path_factory):
-    return Bundles(tmp_path_factory.getbasetemp() / "bundles")
 
 
 def with_sampling(src, dst, sampling):
