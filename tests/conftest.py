@@ -44,3 +44,18 @@ def bundles(tmp_path_factory):
     """The small bundles of every kind (test_export.Bundles), built once per session in one folder."""
     from test_export import Bundles
     return Bundles(tmp_path_factory.getbasetemp() / "bundles")
+
+
+@pytest.fixture(scope="module")
+def features_files(tmp_path_factory):
+    """Small features-task arrays for the training CLI tests, and broken .npy files beside them."""
+    import numpy as np
+    d = tmp_path_factory.mktemp("features-files")
+    rng = np.random.default_rng(0)
+    np.save(d / "c.npy", rng.standard_normal((64, 4), dtype=np.float32))
+    np.save(d / "z.npy", rng.standard_normal((64, 8), dtype=np.float32))
+    (d / "empty.npy").write_bytes(b"")
+    np.save(d / "object.npy", np.array([{"a": 1}] * 64, dtype=object), allow_pickle=True)
+    np.save(d / "truncated.npy", np.zeros((64, 4), np.float32))
+    (d / "truncated.npy").write_bytes((d / "truncated.npy").read_bytes()[:200])
+    return d

@@ -389,19 +389,6 @@ def test_export_trt_cli_refuses_in_one_line(args, msg):
     assert_one_line_error(run_limited(["-m", "export.trt", *args]), msg)
 
 
-@pytest.fixture(scope="module")
-def features_files(tmp_path_factory):
-    d = tmp_path_factory.mktemp("features-files")
-    rng = np.random.default_rng(0)
-    np.save(d / "c.npy", rng.standard_normal((64, 4), dtype=np.float32))
-    np.save(d / "z.npy", rng.standard_normal((64, 8), dtype=np.float32))
-    (d / "empty.npy").write_bytes(b"")
-    np.save(d / "object.npy", np.array([{"a": 1}] * 64, dtype=object), allow_pickle=True)
-    np.save(d / "truncated.npy", np.zeros((64, 4), np.float32))
-    (d / "truncated.npy").write_bytes((d / "truncated.npy").read_bytes()[:200])
-    return d
-
-
 TRAIN_CLI = {
     "zero_byte_npy": (["--source", "{d}/empty.npy"], "is empty (0 bytes)"),
     "object_npy": (["--source", "{d}/object.npy"], "cannot read source features file"),

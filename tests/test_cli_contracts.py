@@ -6,22 +6,12 @@ import json
 import os
 import subprocess
 
-import numpy as np
 import pytest
 from test_adversarial import TRAIN_MEMORY, _train_argv, run_limited
 from test_export import ROOT
 
 from runtime import PipelineError
 from train import cinn
-
-
-@pytest.fixture(scope="module")
-def features_files(tmp_path_factory):
-    d = tmp_path_factory.mktemp("features-files")
-    rng = np.random.default_rng(0)
-    np.save(d / "c.npy", rng.standard_normal((64, 4), dtype=np.float32))
-    np.save(d / "z.npy", rng.standard_normal((64, 8), dtype=np.float32))
-    return d
 
 
 def test_stale_temp_files_cleaned_and_checkpoint_mode_follows_umask(features_files, tmp_path):
