@@ -46,9 +46,12 @@ from runtime.pipeline import Pipeline
 def find_bundles(engines_dir: str | Path) -> dict[str, Path]:
     """Model name (the bundle's folder name) -> bundle folder; ENGINES_DIR may itself be a bundle."""
     root = Path(engines_dir)
+    if not root.is_dir():
+        raise PipelineError(f"{engines_dir} is not a folder; give the folder holding the exported bundles "
+                            f"(e.g. engines/)")
     if (root / MANIFEST).is_file():
         return {root.resolve().name: root}
-    found = {d.name: d for d in sorted(root.iterdir()) if (d / MANIFEST).is_file()} if root.is_dir() else {}
+    found = {d.name: d for d in sorted(root.iterdir()) if (d / MANIFEST).is_file()}
     if not found:
         raise PipelineError(f"no bundles under {engines_dir} (a bundle is a folder with {MANIFEST}; build one with "
                             f"`python -m export.onnx --task NAME`)")

@@ -265,7 +265,9 @@ def test_fit_image_crops_the_centre_and_reads_any_mode(tmp_path):
 
 def test_cli_app_errors_are_one_line(engines, tmp_path, capsys):
     assert cli(["app", str(tmp_path)]) == 2
-    assert capsys.readouterr().err.startswith(f"error: no bundles in {tmp_path}")
+    assert capsys.readouterr().err.startswith(f"error: no bundles under {tmp_path}")
+    assert cli(["app", str(tmp_path / "missing")]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'missing'} is not a folder")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()

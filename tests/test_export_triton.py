@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from test_export import BLOCK_TORCH, ROOT, Bundles
+from test_export import BLOCK_TORCH, ROOT
 
 from export.triton import main as export_triton
 from export.triton import parse_configs, write_repository
@@ -26,16 +26,16 @@ TASKS = ("text2image", "attributes", "features")
 
 
 @pytest.fixture(scope="module")
-def bundles(tmp_path_factory):
-    b = Bundles(tmp_path_factory.getbasetemp() / "bundles")       # the folder test_export builds in
-    return {task: b.get(task) for task in TASKS}
+def task_bundles(bundles):
+    """Task name -> bundle folder, from the session's small bundles (conftest.py)."""
+    return {task: bundles.get(task) for task in TASKS}
 
 
 @pytest.fixture(scope="module")
-def repo(bundles, tmp_path_factory):
+def repo(task_bundles, tmp_path_factory):
     out = tmp_path_factory.mktemp("model_repository")
     models = {task: write_repository(path, out, max_batch=16, delay_us=500, instances=2) for task, path in
-              bundles.items()}
+              task_bundles.items()}
     return out, models, parse_configs(out, [m for names in models.values() for m in names])
 
 
@@ -55,7 +55,7 @@ def config_tensors(tensors) -> dict[str, tuple[str, list]]:
                      list(t.reshape.shape) if t.HasField("reshape") else list(t.dims)) for t in tensors}
 
 
-def test_models_written_per_bundle(repo, bundles):
+def test_models_written_per_bundle(repo, task_bundles):
     out, models, configs = repo
     assert models["text2image"] == ["text2image_flow_forward", "text2image_flow_inverse", "text2image_source_encoder",
                                     "text2image_target_decoder", "text2image_target_encoder", "text2image",
@@ -65,17 +65,17 @@ def test_models_written_per_bundle(repo, bundles):
                                          "attributes_target_encoder"}
     assert set(models["features"]) == {"features", "features_flow_forward", "features_flow_inverse"}   # no Λ, no edit
     assert (out / "text2image" / "tokenizer.json").read_bytes() == \
-        (bundles["text2image"] / "tokenizer/tokenizer.json").read_bytes()
+        (task_bundles["text2image"] / "tokenizer/tokenizer.json").read_bytes()
     info = json.loads((out / "text2image" / "client.json").read_text())
     assert info["tokenizer"]["max_tokens"] == 16 and info["latent_dim"] == 6
     assert info["default_temperature"] == 1.0          # the test bundle's manifest `sampling` (no measured choice)
     assert set(info["models"]) == {"text2image", "text2image_edit"}
 
 
-def test_stage_configs_match_the_onnx_graphs(repo, bundles):
+def test_stage_configs_match_the_onnx_graphs(repo, task_bundles):
     out, models, configs = repo
     for task, names in models.items():
-        manifest = json.loads((bundles[task] / MANIFEST).read_text())
+        manifest = json.loads((task_bundles[task] / MANIFEST).read_text())
         for name in names:
             cfg = configs[name]
             assert cfg.name == name and cfg.max_batch_size == 16
@@ -129,10 +129,10 @@ def to_uint8(y: np.ndarray) -> np.ndarray:
     return np.clip(np.rint((y + 1.0) * 127.5), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
 
 
-def test_ensembles_reproduce_the_pipeline(repo, bundles):
+def test_ensembles_reproduce_the_pipeline(repo, task_bundles):
     out, models, configs = repo
     from tokenizers import Tokenizer
-    p = Pipeline.load(bundles["text2image"])
+    p = Pipeline.load(task_bundles["text2image"])
     info = json.loads((out / "text2image" / "client.json").read_text())
     tok = Tokenizer.from_file(str(out / "text2image" / info["tokenizer"]["file"]))
     tok.enable_truncation(max_length=info["tokenizer"]["max_tokens"])
@@ -148,25 +148,25 @@ def test_ensembles_reproduce_the_pipeline(repo, bundles):
         "image": x, "input_ids": ids, "attention_mask": mask, "new_input_ids": np.array([enc2.ids], np.int64),
         "new_attention_mask": np.array([enc2.attention_mask], np.int64)})["edited_image"]
     assert np.array_equal(to_uint8(y), p.transfer(image, ["a red square"], ["a blue circle"]))
-    f = Pipeline.load(bundles["features"])
-    cond = np.load(bundles["features"] / "validation/cond.npy")[:3]
+    f = Pipeline.load(task_bundles["features"])
+    cond = np.load(task_bundles["features"] / "validation/cond.npy")[:3]
     v = np.random.default_rng(1).standard_normal((3, 8), dtype=np.float32)
     z = run_ensemble(out, configs["features"], {"cond": cond, "v": v})["z"]
     assert np.array_equal(z, f.translate(cond, seed=1))
 
 
-def test_int8_and_tensorrt_variants(bundles, tmp_path):
-    names = write_repository(bundles["features"], tmp_path / "r8", precision="int8", kind="cpu")
+def test_int8_and_tensorrt_variants(task_bundles, tmp_path):
+    names = write_repository(task_bundles["features"], tmp_path / "r8", precision="int8", kind="cpu")
     cfg = parse_configs(tmp_path / "r8", names)
-    manifest = json.loads((bundles["features"] / MANIFEST).read_text())
+    manifest = json.loads((task_bundles["features"] / MANIFEST).read_text())
     assert sha256_file(tmp_path / "r8/features_flow_forward/1/model.onnx") == \
         manifest["stages"]["flow_forward.int8"]["sha256"]
     assert cfg["features_flow_forward"].instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
     with pytest.raises(ValueError, match="no TensorRT plans for .*python -m export.trt --bundle"):
-        write_repository(bundles["features"], tmp_path / "rt", backend="tensorrt")
+        write_repository(task_bundles["features"], tmp_path / "rt", backend="tensorrt")
     # a bundle as export.trt leaves it (plan bytes stand in: nothing here deserializes them)
     b = tmp_path / "b"
-    subprocess.run(["cp", "-r", str(bundles["features"]), str(b)], check=True)
+    subprocess.run(["cp", "-r", str(task_bundles["features"]), str(b)], check=True)
     plans = {}
     for name in ("flow_forward", "flow_inverse"):
         (b / f"{name}.plan").write_bytes(name.encode() * 100)
@@ -179,9 +179,9 @@ def test_int8_and_tensorrt_variants(bundles, tmp_path):
     assert (tmp_path / "rt/features_flow_inverse/1/model.plan").read_bytes() == b"flow_inverse" * 100
 
 
-def test_cli_without_torch_and_its_errors(bundles, tmp_path, capsys):
+def test_cli_without_torch_and_its_errors(task_bundles, tmp_path, capsys):
     code = BLOCK_TORCH + ("import sys\nfrom export.triton import main\n"
-                          f"sys.exit(main(['--bundle', {str(bundles['attributes'])!r}, '--out', "
+                          f"sys.exit(main(['--bundle', {str(task_bundles['attributes'])!r}, '--out', "
                           f"{str(tmp_path / 'r')!r}]))\n")
     p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0 and "wrote 6 models" in p.stdout and "parses as Triton's ModelConfig" in p.stdout, \
@@ -189,6 +189,6 @@ def test_cli_without_torch_and_its_errors(bundles, tmp_path, capsys):
     assert export_triton(["--bundle", str(tmp_path / "nope"), "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not a bundle" in err[0]
-    assert export_triton(["--bundle", str(bundles["text2image"]), "--out", str(tmp_path / "r"),
+    assert export_triton(["--bundle", str(task_bundles["text2image"]), "--out", str(tmp_path / "r"),
                           "--precision", "fp16"]) == 2
     assert "no fp16 stages" in capsys.readouterr().err

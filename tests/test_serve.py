@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_export import ATTRIBUTES, Bundles
+from test_export import ATTRIBUTES
 
 from runtime import Pipeline
 from runtime.__main__ import main as cli
@@ -73,17 +73,17 @@ def settled_metric(server: ServerProcess, name: str, model: str, timeout: float 
 
 
 @pytest.fixture(scope="module")
-def bundles(tmp_path_factory):
-    b = Bundles(tmp_path_factory.getbasetemp() / "bundles")       # the folder test_export builds in
-    return {task: b.get(task) for task in TASKS}
+def task_bundles(bundles):
+    """Task name -> bundle folder, from the session's small bundles (conftest.py)."""
+    return {task: bundles.get(task) for task in TASKS}
 
 
 @pytest.fixture(scope="module")
-def server(bundles, tmp_path_factory):
+def server(task_bundles, tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
     engines = root / "engines"
     engines.mkdir()
-    for task, path in bundles.items():
+    for task, path in task_bundles.items():
         (engines / task).symlink_to(path, target_is_directory=True)
     home = root / "pytriton"
     try:
@@ -99,8 +99,8 @@ def server(bundles, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def pipes(bundles):
-    return {task: Pipeline.load(path) for task, path in bundles.items()}
+def pipes(task_bundles):
+    return {task: Pipeline.load(path) for task, path in task_bundles.items()}
 
 
 def inputs(lib, **arrays):
@@ -211,13 +211,13 @@ def test_bad_request_then_good_one(server, pipes, model, arrays, message):
     assert np.array_equal(good.as_numpy("image"), pipes["text2image"].translate(["a red square"], seed=2))
 
 
-def test_cli_errors_before_starting(tmp_path, capsys, bundles):
+def test_cli_errors_before_starting(tmp_path, capsys, task_bundles):
     assert cli(["serve", str(tmp_path)]) == 2
     assert "no bundles under" in capsys.readouterr().err
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-        assert cli(["serve", str(bundles["features"]), "--http-port", str(port)]) == 2
+        assert cli(["serve", str(task_bundles["features"]), "--http-port", str(port)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"cannot listen on 127.0.0.1:{port}" in err[0] and "--http-port" in err[0]
 

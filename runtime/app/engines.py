@@ -19,22 +19,7 @@ import numpy as np
 
 from runtime.manifest import PipelineError, read_manifest
 from runtime.pipeline import Pipeline
-from runtime.serve import residuals  # the per-row draw Triton serves, so both engines agree
-
-
-def find_bundles(engines_dir: Path) -> list[Path]:
-    """Every folder with a manifest.json: ENGINES_DIR itself, or its sub-folders (sorted by name)."""
-    engines_dir = Path(engines_dir)
-    if not engines_dir.is_dir():
-        raise PipelineError(f"{engines_dir} is not a folder; give the folder holding the exported bundles "
-                            f"(e.g. engines/)")
-    if (engines_dir / "manifest.json").is_file():
-        return [engines_dir]
-    found = sorted(p for p in engines_dir.iterdir() if (p / "manifest.json").is_file())
-    if not found:
-        raise PipelineError(f"no bundles in {engines_dir} (no sub-folder has a manifest.json); "
-                            f"export one first, e.g. python -m export.onnx --task attributes")
-    return found
+from runtime.serve import find_bundles, residuals  # the per-row draw Triton serves, so both engines agree
 
 
 def server_message(text: str) -> str:
@@ -146,7 +131,7 @@ class TritonEngine:
 def open_engine(engines_dir: Path, triton: str | None, **load_kwargs):
     """(engine, {task: folder}, {task: manifest, or the PipelineError reading it}) for every bundle under
     engines_dir; task = the bundle's folder name."""
-    bundles, manifests = {p.name: p for p in find_bundles(engines_dir)}, {}
+    bundles, manifests = find_bundles(engines_dir), {}
     for task, path in bundles.items():
         try:
             manifests[task] = read_manifest(path)

@@ -198,11 +198,15 @@ def create_app(engine, bundles: dict[str, Path], manifests: dict[str, dict], max
             result["latents"] = np.asarray(out, np.float64).round(6).tolist()
         return result
 
-    @app.post("/api/{task}/edit")
-    async def edit(task: str, request: Request):
+    def editable(task: str, what: str) -> dict:
         d = view(task)
         if not d["can_edit"]:
-            raise PipelineError(f"{task} cannot edit images (it needs a target encoder and a decoder)")
+            raise PipelineError(f"{task} cannot {what} (it needs a target encoder and a decoder)")
+        return d
+
+    @app.post("/api/{task}/edit")
+    async def edit(task: str, request: Request):
+        d = editable(task, "edit images")
         form = await request.form()
         image = await read_upload(form.get("image"), d, "the image")
         src = read_source(d, _json_field(form.get("source", ""), "source"), "the image's description")
@@ -217,9 +221,7 @@ def create_app(engine, bundles: dict[str, Path], manifests: dict[str, dict], max
 
     @app.post("/api/{task}/transfer")
     async def transfer(task: str, request: Request):
-        d = view(task)
-        if not d["can_edit"]:
-            raise PipelineError(f"{task} cannot transfer between images (it needs a target encoder and a decoder)")
+        d = editable(task, "transfer between images")
         form = await request.form()
         images = np.stack([await read_upload(form.get(f"image_{k}"), d, f"image {k.upper()}") for k in "ab"])
         srcs = [read_source(d, _json_field(form.get(f"source_{k}", ""), f"source_{k}"),
