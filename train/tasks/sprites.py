@@ -18,7 +18,7 @@ import torch
 from train.core.presets import derive, select
 from train.data import ATTRIBUTES
 from train.data.latents import caption_pool, embed_captions, sprite_latents
-from train.data.pairs import SpritePairs
+from train.data.pairs import SpritePairs, attribute_directions
 from train.data.sprites import sprite_attributes
 from train.eval.sprites import evaluate_run, write_grids
 from train.experts.ae_training import AESpec, load_ae
@@ -115,7 +115,7 @@ def _text_pairs(req: PairRequest) -> TrainingPairs:
     val_cond = encoder.encode(val_texts)
     info = {"task": "text2image", "ae": req.options.ae, "data": req.data, "text_encoder": encoder.path,
             "caption_language": req.options.caption_language}
-    return TrainingPairs(SpritePairs(cond, z, val_cond, vz), info)
+    return TrainingPairs(SpritePairs(cond, z, val_cond, vz, meanings=attribute_directions(cond, a.float())), info)
 
 
 def sprite_experts(config: dict) -> Experts:
