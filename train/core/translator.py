@@ -225,7 +225,8 @@ def train(kind: str, model_cfg: dict, cfg: TrainConfig, source: PairSource, out_
             # scales them up and H may still lean on them; unseen phrasings stray exactly there (text2image:
             # held-out captions have 6-17x the training variance past the top 64 principal directions).
             # Noise of about equal size in every dimension drowns those directions and leaves the high-variance
-            # ones nearly as they were.
+            # ones nearly as they were; `keep` spares the readouts of what the condition says. On text2image it
+            # trades held-out realism for attribute accuracy (docs/results.md), so no preset turns it on.
             noise = cond_scale * torch.randn(cond.shape, generator=gen).to(device)
             if keep is not None:
                 noise = noise - (noise @ keep) @ keep.T
