@@ -48,10 +48,12 @@ def condition_statistics(c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 class SpritePairs:
     """PairSource: (zΦ, Θ(y)) with zΦ = attributes or caption embeddings (one of a pool per image)."""
 
-    def __init__(self, cond: torch.Tensor, z: torch.Tensor, val_cond: torch.Tensor, val_z: torch.Tensor):
+    def __init__(self, cond: torch.Tensor, z: torch.Tensor, val_cond: torch.Tensor, val_z: torch.Tensor,
+                 meanings: torch.Tensor | None = None):
         # cond: (N, K, *cond_shape) — K alternative conditions per image (K = 1 for attributes);
-        # cond_shape (c,) for vectors, (C, H, W) for spatial conditions
-        self.cond, self.z, self.val = cond, z, (val_cond, val_z)
+        # cond_shape (c,) for vectors, (C, H, W) for spatial conditions; `meanings` (k, *cond_shape): the
+        # directions of zΦ that carry what the condition says (`attribute_directions`), or None
+        self.cond, self.z, self.val, self.meanings = cond, z, (val_cond, val_z), meanings
         self.cond_shape = tuple(cond.shape[2:])
         self.target_dim = z.shape[1]
 
@@ -65,3 +67,15 @@ class SpritePairs:
 
     def statistics(self):
         return (*condition_statistics(self.cond.flatten(0, 1)), self.z.mean(0), self.z.std(0))
+
+    def condition_meanings(self) -> torch.Tensor | None:
+        return self.meanings
+
+
+def attribute_directions(cond: torch.Tensor, attributes: torch.Tensor) -> torch.Tensor:
+    """(A, c): least-squares coefficients of vector conditions cond (N, K, c) on the attributes (N, A) of
+    their images — per attribute, the direction in which the condition moves when that attribute changes."""
+    k = cond.shape[1]
+    x = cond.flatten(0, 1).double()
+    a = attributes.double().repeat_interleave(k, 0)
+    return torch.linalg.lstsq(a - a.mean(0), x - x.mean(0)).solution.float()
