@@ -78,6 +78,7 @@ def preset_summary(name: str) -> str:
         parts.append(f"+{m.hires_blocks} residual block(s) at the top resolution")
     parts += [f"{k} {getattr(c, k):g}" for k in ("edge_weight", "corner_weight", "size_balance", "disc_weight")
               if getattr(c, k)]
+    parts.append(f"kl_weight {c.kl_weight:g}")
     return f"{name}: " + ", ".join(parts)
 
 
@@ -270,6 +271,7 @@ class AESpec:
     batch_size: int | None = None
     lr: float | None = None
     edge_weight: float | None = None
+    kl_weight: float | None = None
     seed: int | None = None
     task: str = "attributes"              # recorded in config.json: the task the AE serves
 
@@ -286,10 +288,12 @@ def train_autoencoder(spec: AESpec, out: str | Path, resume: bool = False) -> Au
     model_cfg = replace(model_cfg, image_size=spec.size)
     model_cfg.check()
     overrides = {"steps": spec.steps, "batch_size": spec.batch_size, "lr": spec.lr, "seed": spec.seed,
-                 "edge_weight": spec.edge_weight}
+                 "edge_weight": spec.edge_weight, "kl_weight": spec.kl_weight}
     cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
     if cfg.steps < 1 or cfg.batch_size < 1 or not cfg.lr > 0 or cfg.lr == float("inf"):     # NaN fails `> 0`
         raise UserError("--steps, --batch-size and --lr must be positive (and --lr finite)")
+    if not 0 <= cfg.kl_weight < float("inf"):                                               # NaN fails too
+        raise UserError(f"--kl-weight must be a finite number >= 0, not {cfg.kl_weight}")
     if spec.data != "folder" and spec.attr_csv:
         raise UserError("--attr-csv only applies to --data folder")
     if spec.data != "sprites" and spec.style != "flat":
