@@ -40,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float)
     p.add_argument("--edge-weight", type=float, help="sprites: extra loss weight on the silhouette outline")
     p.add_argument("--kl-weight", type=float,
-                   help="weight of KL(q(z|y) || N(0, I)), summed over z, against the per-pixel L1 (default from the preset)")
+                   help="weight of KL(q(z|y) || N(0, I)), summed over z, against the per-pixel L1 "
+                        "(default from the preset)")
     p.add_argument("--seed", type=int)
     p.add_argument("--threads", type=int, help="torch CPU threads (default torch's choice; 1 is best on a busy CPU)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
