@@ -42,7 +42,9 @@ class AETrainConfig:
     final_lr_frac: float = 0.02
     betas: tuple[float, float] = (0.9, 0.99)   # Adam
     grad_clip: float = 5.0
-    kl_weight: float = 1e-5        # on KL summed over z (nats per sample) vs the per-pixel L1 NLL
+    # on KL summed over z (nats per sample) vs the per-pixel L1 NLL; 1e-4 / 1e-3 widen the posterior but made
+    # samples no cleaner and reconstructions worse (docs/results.md "KL weight", 2026-12-01)
+    kl_weight: float = 1e-5
     mask_weight: float = 4.0       # extra L1 weight on the object's silhouette (sprites)
     edge_weight: float = 0.0       # extra L1 weight on a band around the silhouette's outline (sprites)
     corner_weight: float = 0.0     # extra L1 weight where that band is not locally straight: corners (sprites)
