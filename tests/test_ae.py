@@ -72,10 +72,12 @@ def test_config_check():
 
 def test_cli_smoke_and_checkpoint_round_trip(tmp_path, capsys):
     out = tmp_path / "ae"
-    assert main(["--preset", "smoke", "--size", "32", "--out", str(out), "--oracle", str(tmp_path / "none")]) == 0
+    assert main(["--preset", "smoke", "--size", "32", "--out", str(out), "--oracle", str(tmp_path / "none"),
+                 "--kl-weight", "0.003"]) == 0
     assert "steps/s" in capsys.readouterr().out
     config = json.loads((out / "config.json").read_text())
     assert config["kind"] == "autoencoder" and config["model"]["image_size"] == 32
+    assert config["train"]["kl_weight"] == 0.003 != PRESETS["smoke"][1].kl_weight      # the override is recorded
     rows = list(csv.DictReader(open(out / "metrics.csv")))
     assert rows and int(rows[-1]["step"]) == PRESETS["smoke"][1].steps and float(rows[-1]["psnr"]) > 0
     assert sorted(p.name for p in (out / "grids").iterdir()) == ["step000003.png", "step000006.png"]
@@ -139,6 +141,8 @@ def test_non_finite_loss_stops_without_checkpoint(tmp_path):
     (["--attr-csv", "x.csv"], "only applies"),
     (["--size", "48"], "power of two"),
     (["--steps", "0"], "must be positive"),
+    (["--kl-weight", "-1"], "--kl-weight must be"),
+    (["--kl-weight", "nan"], "--kl-weight must be"),
     (["--resume"], "missing file"),
 ])
 def test_bad_arguments(tmp_path, argv, message):

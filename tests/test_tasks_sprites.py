@@ -161,3 +161,30 @@ def test_caption_words_reports_each_heldout_word(capsys):
     assert sum(r["trained"] for r in rows) == 8         # circle, square, triangle and the five colour names
     assert caption_words.main([]) == 0
     assert "held-out words never trained on" in capsys.readouterr().out.splitlines()[-1]
+
+
+def test_posterior_targets_draw_around_the_cached_means(ae_run, tmp_path):
+    """--ae-latents posterior: τ's targets are fresh draws µ + σ·ε of the AE's posterior (off by default)."""
+    from train.data.latents import sprite_latents
+    from train.data.pairs import SpritePairs
+    from train.experts.ae_training import load_ae
+
+    ae = load_ae(ae_run)
+    a, mu = sprite_latents(str(ae_run), ae, "val", 64)
+    a_post, mu_post, std = sprite_latents(str(ae_run), ae, "val", 64, posterior=True)
+    assert torch.equal(a, a_post) and torch.allclose(mu, mu_post, atol=1e-5)
+    assert std.shape == mu.shape and (std > 0).all() and std.std() > 0         # per image and dimension
+    plain, post = SpritePairs(a[:, None], mu, a, mu), SpritePairs(a[:, None], mu, a, mu, z_std=std, val_z_std=std)
+    c, z = plain.batch(16, torch.Generator().manual_seed(0))
+    c_post, z_post = post.batch(16, torch.Generator().manual_seed(0))
+    assert torch.equal(c, c_post) and not torch.equal(z, z_post)              # same images, other targets
+    assert ((z_post - z).abs() <= 6 * std.max()).all()
+    assert torch.equal(post.batch(16, torch.Generator().manual_seed(0))[1], z_post)   # seeded
+    assert not torch.equal(post.validation()[1], mu)                          # validation: one fixed draw
+    assert torch.equal(post.validation()[1], SpritePairs(a[:, None], mu, a, mu, std, std).validation()[1])
+    assert (post.statistics()[3] > plain.statistics()[3]).all()               # the spread of µ + σ·ε
+
+    out = tmp_path / "attributes" / "cinn"
+    cinn.main(["--task", "attributes", "--preset", "smoke", "--ae", str(ae_run), "--out", str(out),
+               "--ae-latents", "posterior"])
+    assert json.loads((out / "config.json").read_text())["ae_latents"] == "posterior"

@@ -39,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--edge-weight", type=float, help="sprites: extra loss weight on the silhouette outline")
+    p.add_argument("--kl-weight", type=float,
+                   help="weight of KL(q(z|y) || N(0, I)), summed over z, against the per-pixel L1 "
+                        "(default from the preset)")
     p.add_argument("--seed", type=int)
     p.add_argument("--threads", type=int, help="torch CPU threads (default torch's choice; 1 is best on a busy CPU)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
@@ -57,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     spec = AESpec(preset=args.preset, size=args.size, data=args.data, data_root=args.data_root,
                   attr_csv=args.attr_csv, style=args.style, init=args.init, steps=args.steps,
-                  batch_size=args.batch_size, lr=args.lr, edge_weight=args.edge_weight, seed=args.seed,
+                  batch_size=args.batch_size, lr=args.lr, edge_weight=args.edge_weight, kl_weight=args.kl_weight,
+                  seed=args.seed,
                   task=args.task)
     train_autoencoder(spec, out, resume=args.resume)
     if args.data == "sprites" and Path(args.oracle, "checkpoint.safetensors").is_file():

@@ -18,33 +18,42 @@ from train.data.sprites import SPLITS, area_downsample, render_batch, to_tensor
 
 
 @torch.no_grad()
-def encode_images(ae, images, batch: int = 256) -> torch.Tensor:
-    """Θ of uint8 (N,H,W,3) images or of float (N,3,H,W) tensors in [-1, 1]."""
+def encode_images(ae, images, batch: int = 256, posterior: bool = False) -> torch.Tensor:
+    """Θ of uint8 (N,H,W,3) images or of float (N,3,H,W) tensors in [-1, 1]: the posterior mean µ (N, D), or
+    with `posterior` µ and the posterior std σ stacked (N, 2, D)."""
     x = images if torch.is_tensor(images) and images.is_floating_point() else to_tensor(images)
-    return torch.cat([ae.encode(x[i:i + batch]) for i in range(0, len(x), batch)])
+
+    def one(chunk):
+        mu = ae.encode(chunk)                             # checks the image shape
+        return torch.stack([mu, ae.encoder(chunk)[1].mul(0.5).exp()], 1) if posterior else mu
+    return torch.cat([one(x[i:i + batch]) for i in range(0, len(x), batch)])
 
 
 def sprite_latents(ae_dir: str, ae, split: str, count: int, style: str | None = None, offset: int = 0,
-                   render_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                   render_size: int | None = None, posterior: bool = False):
     """(attributes, Θ(y)) for `count` renders of `split` from index `offset` on, cached in AE_RUN/latents/.
     `style` picks the renderer's look; with `render_size` the sprites are rendered at that size and
-    area-averaged down to the AE's (the low-res inputs of superres)."""
+    area-averaged down to the AE's (the low-res inputs of superres). With `posterior`: (attributes, µ, σ),
+    the mean and std of q(z | y) (cached in a file of their own)."""
     render_size = render_size or ae.image_size
     tag = (f"_{style}" if style else "") + (f"_at{offset}" if offset else "") + (
-        f"_from{render_size}" if render_size != ae.image_size else "")
+        f"_from{render_size}" if render_size != ae.image_size else "") + ("_posterior" if posterior else "")
     path = Path(ae_dir) / "latents" / f"{split}_{count}{tag}.safetensors"
+    keys = ("attributes", "z", "z_std") if posterior else ("attributes", "z")
     if path.is_file():
         t = load_tensors(path)
-        return t["attributes"], t["z"]
+        return tuple(t[k] for k in keys)
     attrs, zs = [], []
     start = SPLITS[split][0] + offset
     for i in tqdm(range(0, count, 1000), desc=f"encode {split} renders", mininterval=progress_interval()):
         images, a, _ = render_batch(range(start + i, start + min(count, i + 1000)), split, render_size, style)
         attrs.append(torch.from_numpy(a))
-        zs.append(encode_images(ae, area_downsample(to_tensor(images), ae.image_size)))
-    out = {"attributes": torch.cat(attrs), "z": torch.cat(zs)}
+        zs.append(encode_images(ae, area_downsample(to_tensor(images), ae.image_size), posterior=posterior))
+    z = torch.cat(zs)
+    out = {"attributes": torch.cat(attrs), **({"z": z[:, 0].contiguous(), "z_std": z[:, 1].contiguous()}
+                                              if posterior else {"z": z})}
     save_tensors(path, out)
-    return out["attributes"], out["z"]
+    return tuple(out[k] for k in keys)
 
 
 def caption_pool(attributes: torch.Tensor, per_image: int, split: str, seed: int) -> list[list[str]]:

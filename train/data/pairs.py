@@ -49,24 +49,34 @@ class SpritePairs:
     """PairSource: (zΦ, Θ(y)) with zΦ = attributes or caption embeddings (one of a pool per image)."""
 
     def __init__(self, cond: torch.Tensor, z: torch.Tensor, val_cond: torch.Tensor, val_z: torch.Tensor,
-                 meanings: torch.Tensor | None = None):
+                 meanings: torch.Tensor | None = None, z_std: torch.Tensor | None = None,
+                 val_z_std: torch.Tensor | None = None):
         # cond: (N, K, *cond_shape) — K alternative conditions per image (K = 1 for attributes);
         # cond_shape (c,) for vectors, (C, H, W) for spatial conditions; `meanings` (k, *cond_shape): the
-        # directions of zΦ that carry what the condition says (`attribute_directions`), or None
-        self.cond, self.z, self.val, self.meanings = cond, z, (val_cond, val_z), meanings
+        # directions of zΦ that carry what the condition says (`attribute_directions`), or None.
+        # z_std (N, D): the AE's posterior std σ of each target; given, every batch draws z = µ + σ·ε afresh
+        # (τ then learns the AE's posterior, not only its means), and validation is one fixed such draw.
+        self.cond, self.z, self.z_std, self.meanings = cond, z, z_std, meanings
+        if z_std is not None:
+            val_z = val_z + val_z_std * torch.randn(val_z.shape, generator=torch.Generator().manual_seed(0))
+        self.val = (val_cond, val_z)
         self.cond_shape = tuple(cond.shape[2:])
         self.target_dim = z.shape[1]
 
     def batch(self, size: int, generator: torch.Generator):
         idx = torch.randint(len(self.z), (size,), generator=generator)
         k = torch.randint(self.cond.shape[1], (size,), generator=generator)
-        return self.cond[idx, k], self.z[idx]
+        if self.z_std is None:
+            return self.cond[idx, k], self.z[idx]
+        eps = torch.randn(size, self.target_dim, generator=generator)
+        return self.cond[idx, k], self.z[idx] + self.z_std[idx] * eps
 
     def validation(self):
         return self.val
 
     def statistics(self):
-        return (*condition_statistics(self.cond.flatten(0, 1)), self.z.mean(0), self.z.std(0))
+        std = self.z.std(0) if self.z_std is None else (self.z.var(0) + self.z_std.pow(2).mean(0)).sqrt()  # µ + σ·ε
+        return (*condition_statistics(self.cond.flatten(0, 1)), self.z.mean(0), std)
 
     def condition_meanings(self) -> torch.Tensor | None:
         return self.meanings

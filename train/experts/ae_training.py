@@ -42,7 +42,9 @@ class AETrainConfig:
     final_lr_frac: float = 0.02
     betas: tuple[float, float] = (0.9, 0.99)   # Adam
     grad_clip: float = 5.0
-    kl_weight: float = 1e-5        # on KL summed over z (nats per sample) vs the per-pixel L1 NLL
+    # on KL summed over z (nats per sample) vs the per-pixel L1 NLL; 1e-4 / 1e-3 widen the posterior but made
+    # samples no cleaner and reconstructions worse (docs/results.md "KL weight", 2026-12-01)
+    kl_weight: float = 1e-5
     mask_weight: float = 4.0       # extra L1 weight on the object's silhouette (sprites)
     edge_weight: float = 0.0       # extra L1 weight on a band around the silhouette's outline (sprites)
     corner_weight: float = 0.0     # extra L1 weight where that band is not locally straight: corners (sprites)
@@ -78,6 +80,7 @@ def preset_summary(name: str) -> str:
         parts.append(f"+{m.hires_blocks} residual block(s) at the top resolution")
     parts += [f"{k} {getattr(c, k):g}" for k in ("edge_weight", "corner_weight", "size_balance", "disc_weight")
               if getattr(c, k)]
+    parts.append(f"kl_weight {c.kl_weight:g}")
     return f"{name}: " + ", ".join(parts)
 
 
@@ -270,6 +273,7 @@ class AESpec:
     batch_size: int | None = None
     lr: float | None = None
     edge_weight: float | None = None
+    kl_weight: float | None = None
     seed: int | None = None
     task: str = "attributes"              # recorded in config.json: the task the AE serves
 
@@ -286,10 +290,12 @@ def train_autoencoder(spec: AESpec, out: str | Path, resume: bool = False) -> Au
     model_cfg = replace(model_cfg, image_size=spec.size)
     model_cfg.check()
     overrides = {"steps": spec.steps, "batch_size": spec.batch_size, "lr": spec.lr, "seed": spec.seed,
-                 "edge_weight": spec.edge_weight}
+                 "edge_weight": spec.edge_weight, "kl_weight": spec.kl_weight}
     cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
     if cfg.steps < 1 or cfg.batch_size < 1 or not cfg.lr > 0 or cfg.lr == float("inf"):     # NaN fails `> 0`
         raise UserError("--steps, --batch-size and --lr must be positive (and --lr finite)")
+    if not 0 <= cfg.kl_weight < float("inf"):                                               # NaN fails too
+        raise UserError(f"--kl-weight must be a finite number >= 0, not {cfg.kl_weight}")
     if spec.data != "folder" and spec.attr_csv:
         raise UserError("--attr-csv only applies to --data folder")
     if spec.data != "sprites" and spec.style != "flat":

@@ -67,6 +67,9 @@ class SpriteOptions:
                                              "(default: 'captions' beside the --ae run folder)")
     caption_language: str = option("train", "text2image: training captions: train (the hand-written language) or "
                                    "broad (plus the WordNet vocabulary, docs/tasks.md)", choices=("train", "broad"))
+    ae_latents: str = option("mean", "attributes/text2image: τ's targets: the AE posterior's mean µ of each image "
+                             "(mean), or a fresh draw µ + σ·ε every batch (posterior; docs/results.md, "
+                             "'Autoencoder g')", choices=("mean", "posterior"))
 
 
 def sprite_ae(req: PairRequest):
@@ -74,12 +77,20 @@ def sprite_ae(req: PairRequest):
     return load_ae(req.options.ae, AESpec(preset=req.data["ae_preset"]))
 
 
+def _targets(req: PairRequest, ae, split: str, count: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(attributes, µ, σ) of the AE's posteriors of `count` renders; σ is None unless --ae-latents posterior."""
+    a, z, *std = sprite_latents(req.options.ae, ae, split, count, posterior=req.options.ae_latents == "posterior")
+    return a, z, std[0] if std else None
+
+
 def _attributes_pairs(req: PairRequest) -> TrainingPairs:
     ae = sprite_ae(req)
-    a, z = sprite_latents(req.options.ae, ae, "train", req.data["images"])
-    va, vz = sprite_latents(req.options.ae, ae, "val", req.data["val_images"])
+    a, z, std = _targets(req, ae, "train", req.data["images"])
+    va, vz, vstd = _targets(req, ae, "val", req.data["val_images"])
     info = {"task": "attributes", "ae": req.options.ae, "data": req.data, "attribute_names": ATTRIBUTES}
-    return TrainingPairs(SpritePairs(a.unsqueeze(1), z, va, vz), info)
+    if std is not None:
+        info["ae_latents"] = req.options.ae_latents
+    return TrainingPairs(SpritePairs(a.unsqueeze(1), z, va, vz, z_std=std, val_z_std=vstd), info)
 
 
 def caption_cache_dir(options: SpriteOptions) -> Path:
@@ -110,13 +121,16 @@ def _text_pairs(req: PairRequest) -> TrainingPairs:
     encoder, cond = caption_embeddings(req.options, req.data, req.seed)   # first: a missing AE then trains after
     ae = sprite_ae(req)
     # fewer images than `attributes`: every caption costs a MiniLM forward pass on the CPU
-    a, z = sprite_latents(req.options.ae, ae, "train", req.data["text_images"])
-    va, vz = sprite_latents(req.options.ae, ae, "val", req.data["val_images"])
+    a, z, std = _targets(req, ae, "train", req.data["text_images"])
+    va, vz, vstd = _targets(req, ae, "val", req.data["val_images"])
     val_texts = [p[0] for p in caption_pool(va, 1, req.options.caption_language, req.seed + 1)]
     val_cond = encoder.encode(val_texts)
     info = {"task": "text2image", "ae": req.options.ae, "data": req.data, "text_encoder": encoder.path,
             "caption_language": req.options.caption_language}
-    return TrainingPairs(SpritePairs(cond, z, val_cond, vz, meanings=attribute_directions(cond, a.float())), info)
+    if std is not None:
+        info["ae_latents"] = req.options.ae_latents
+    meanings = attribute_directions(cond, a.float())
+    return TrainingPairs(SpritePairs(cond, z, val_cond, vz, meanings, z_std=std, val_z_std=vstd), info)
 
 
 def sprite_experts(config: dict) -> Experts:
