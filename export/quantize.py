@@ -70,7 +70,7 @@ class Int8Refused(ExportError):
 
 
 def weight_group(weight: str, last: dict[str, int] | None = None) -> str:
-    """Tensor group of a MatMul weight: `whitening`, `embedder`, `block.N.in` (the first layers of the
+    """Tensor group of a MatMul weight: `whitening`, `embedder`, `cond_affine`, `block.N.in` (the first layers of the
     block's two subnetworks, fed [x_half ; h]), `block.N.out` (their last layers, which produce the
     log-scale s and shift t), `block.N.hidden`, or `other`. `last`: subnetwork -> index of its last layer
     (`last_layers`); without it a block's layers other than the first count as hidden."""
@@ -81,6 +81,8 @@ def weight_group(weight: str, last: dict[str, int] | None = None) -> str:
         sub, block, layer = m.group(1), m.group(2), int(m.group(3))
         kind = "in" if layer == 0 else "out" if last and last.get(sub) == layer else "hidden"
         return f"block.{block}.{kind}"
+    if ".cond_affine." in weight:       # FlowConfig.cond_affine: its own group, so its drift is measured alone
+        return "cond_affine"
     return "embedder" if ".embedder." in weight else "other"
 
 

@@ -73,10 +73,11 @@ def tiny_ae(batch_view: bool = False) -> TinyAE:
     return ae.eval().requires_grad_(False)
 
 
-def tiny_flow(dim: int, cond_shape: tuple, seed: int = 0, whiten: float | None = None) -> ConditionalINN:
+def tiny_flow(dim: int, cond_shape: tuple, seed: int = 0, whiten: float | None = None,
+              cond_affine: str = "none") -> ConditionalINN:
     torch.manual_seed(seed)
     flow = ConditionalINN(FlowConfig(target_dim=dim, cond_shape=cond_shape, num_blocks=3, hidden=32, embed_hidden=32,
-                                     seed=seed, cond_whiten=whiten)).train()
+                                     seed=seed, cond_whiten=whiten, cond_affine=cond_affine)).train()
     with torch.no_grad():                       # ActNorm init, then push every weight off its identity init
         flow.inverse(torch.randn(64, dim) * 2 + 1, torch.randn(64, *cond_shape))
         for p in flow.parameters():
@@ -228,6 +229,35 @@ def test_flow_parity_and_roundtrip_batch_1_and_7(bundles):
     rt, own = m["checks"]["roundtrip_rel"], m["checks"]["roundtrip_rel_pytorch"]
     assert rt["real"] <= 1e-5 and rt["random"] <= max(1e-5, 10 * own["random"])   # off-manifold: like torch
     assert all(err <= 1e-4 for stage in m["checks"]["parity"].values() for err in stage.values())
+
+
+@pytest.mark.parametrize("place", ["first", "last"])
+def test_flow_with_conditional_affine_exports_both_directions(tmp_path, place):
+    """FlowConfig.cond_affine on: both fp32 graphs match torch at batch 1 and 7 and round-trip; its weights are
+    one int8 group of their own, measured like the others, and the int8 pair still meets its targets."""
+    flow = tiny_flow(8, (4,), cond_affine=place)
+    with torch.no_grad():                       # scales well inside its clamp, not only the 0.05 nudge
+        flow.cond_affine.net[-1].bias.copy_(torch.linspace(-2, 2, 16))
+    cond, z = (t.numpy() for t in export_onnx.model_samples(flow, 64))
+    m = export_bundle(flow, Experts(), tmp_path / "b", task="features", cond=cond, z=z, origin="test",
+                      source={"run": None}, int8=True, int8_min_speedup=0)
+    fwd, inv = session(tmp_path / "b/flow_forward.onnx"), session(tmp_path / "b/flow_inverse.onnx")
+    for n in (1, 7):
+        c, zz = cond[:n], z[:n]
+        v, logdet = inv.run(None, {"z": zz, "cond": c})
+        with torch.no_grad():
+            rv, rl = flow.inverse(torch.from_numpy(zz), torch.from_numpy(c))
+            rz = flow(torch.from_numpy(v), torch.from_numpy(c)).numpy()
+        assert max_rel(v, rv.numpy()) <= 1e-4 and max_rel(logdet, rl.numpy()) <= 1e-4
+        z2 = fwd.run(None, {"v": v, "cond": c})[0]
+        assert max_rel(z2, rz) <= 1e-4 and np.linalg.norm(z2 - zz) / np.linalg.norm(zz) <= 1e-5
+    assert m["checks"]["roundtrip_rel"]["real"] <= 1e-5
+    q = m["checks"]["int8"]
+    assert "cond_affine" in q["groups"] and "nll_drift_alone" in q["groups"]["cond_affine"]
+    assert "refused" not in q and q["roundtrip_rel"] <= 1e-4 and abs(q["nll_drift_nats_per_dim"]) <= 0.003
+    v = session(tmp_path / "b/flow_inverse.int8.onnx", precision="int8").run(None, {"z": z, "cond": cond})[0]
+    z2 = session(tmp_path / "b/flow_forward.int8.onnx", precision="int8").run(None, {"v": v, "cond": cond})[0]
+    assert np.linalg.norm(z2 - z) / np.linalg.norm(z) <= 1e-4
 
 
 def test_standin_expert_stages_parity(bundles):

@@ -8,10 +8,11 @@ from train.core.flow import ConditionalINN, FlowConfig, soft_clamp
 from train.core.mlp import MLPConfig, MLPTranslator
 
 
-def make_flow(fused=True, cond_shape=(5,), dim=7, blocks=4, seed=0, whiten=None):
+def make_flow(fused=True, cond_shape=(5,), dim=7, blocks=4, seed=0, whiten=None, cond_affine="none"):
     torch.manual_seed(seed)
     flow = ConditionalINN(FlowConfig(target_dim=dim, cond_shape=cond_shape, num_blocks=blocks, hidden=32,
-                                     embed_hidden=32, fused=fused, seed=seed, cond_whiten=whiten))
+                                     embed_hidden=32, fused=fused, seed=seed, cond_whiten=whiten,
+                                     cond_affine=cond_affine))
     flow.train()
     with torch.no_grad():                  # ActNorm init, then push every weight off its (identity) init
         flow.inverse(torch.randn(64, dim) * 2 + 1, torch.randn(64, *cond_shape))
@@ -24,11 +25,12 @@ def make_flow(fused=True, cond_shape=(5,), dim=7, blocks=4, seed=0, whiten=None)
     return flow.eval()
 
 
-@pytest.mark.parametrize("fused,cond_shape,whiten", [(True, (5,), None), (False, (5,), None),
-                                                     (True, (3, 16, 16), None), (False, (3, 16, 16), None),
-                                                     (True, (5,), 0.5)])
-def test_invertible_both_ways(fused, cond_shape, whiten):
-    flow = make_flow(fused, cond_shape, whiten=whiten)
+@pytest.mark.parametrize("fused,cond_shape,whiten,cond_affine", [
+    (True, (5,), None, "none"), (False, (5,), None, "none"), (True, (3, 16, 16), None, "none"),
+    (False, (3, 16, 16), None, "none"), (True, (5,), 0.5, "none"), (True, (5,), None, "first"),
+    (True, (3, 16, 16), None, "last")])
+def test_invertible_both_ways(fused, cond_shape, whiten, cond_affine):
+    flow = make_flow(fused, cond_shape, whiten=whiten, cond_affine=cond_affine)
     c = torch.randn(32, *cond_shape)
     z = torch.randn(32, 7) * 3
     with torch.no_grad():
@@ -39,9 +41,9 @@ def test_invertible_both_ways(fused, cond_shape, whiten):
         assert ((flow.inverse(z2, c)[0] - v2).norm() / v2.norm()) < 1e-5
 
 
-@pytest.mark.parametrize("fused", [True, False])
-def test_logdet_matches_autograd_jacobian(fused):
-    flow = make_flow(fused).double()
+@pytest.mark.parametrize("fused,cond_affine", [(True, "none"), (False, "none"), (True, "first"), (True, "last")])
+def test_logdet_matches_autograd_jacobian(fused, cond_affine):
+    flow = make_flow(fused, cond_affine=cond_affine).double()
     c = torch.randn(3, 5, dtype=torch.float64)
     z = torch.randn(3, 7, dtype=torch.float64)
     _, logdet = flow.inverse(z, c)
@@ -185,3 +187,28 @@ def test_dropout_regularises_training_only_and_keeps_old_weight_names():
     assert torch.equal(v, flow.inverse(z, c)[0]) and torch.allclose(flow(v, c), z, atol=1e-5)
     plain = set(ConditionalINN(FlowConfig(**kw)).state_dict())
     assert "blocks.1.first.st.2.weight" in plain and "blocks.1.first.st.3.weight" in flow.state_dict()
+
+
+def test_conditional_affine_starts_as_identity_and_old_configs_load_without_it(tmp_path):
+    """cond_affine: zero-initialised (τ⁻¹ unchanged at init, wherever it sits), its own clamp bounds s, and a
+    config written before the option existed loads as a flow without it, with the same parameter names."""
+    torch.manual_seed(0)
+    base = ConditionalINN(FlowConfig(target_dim=6, cond_shape=(3,), num_blocks=2, hidden=16, embed_hidden=16)).eval()
+    z, c = torch.randn(8, 6), torch.randn(8, 3)
+    for place in ("first", "last"):
+        torch.manual_seed(0)
+        flow = ConditionalINN(FlowConfig(target_dim=6, cond_shape=(3,), num_blocks=2, hidden=16, embed_hidden=16,
+                                         cond_affine=place)).eval()
+        flow.load_state_dict(base.state_dict(), strict=False)
+        with torch.no_grad():
+            assert all(torch.allclose(a, b) for a, b in zip(flow.inverse(z, c), base.inverse(z, c)))
+            flow.cond_affine.net[-1].bias.fill_(100.0)               # ŝ = 100 -> s = α·tanh(100/α) ≈ α
+            _, logdet = flow.inverse(z, c)
+            _, logdet0 = base.inverse(z, c)
+        assert torch.allclose(logdet0 - logdet, torch.full((8,), 6 * flow.cfg.cond_affine_clamp), atol=1e-3)
+    old = base.cfg.to_dict()
+    del old["cond_affine"], old["cond_affine_clamp"]
+    loaded = ConditionalINN(FlowConfig.from_dict(old))
+    assert loaded.cond_affine is None and loaded.state_dict().keys() == base.state_dict().keys()
+    with pytest.raises(ValueError, match="cond_affine must be one of"):
+        ConditionalINN(FlowConfig(target_dim=6, cond_shape=(3,), cond_affine="middle"))

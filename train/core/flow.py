@@ -9,6 +9,8 @@ Every invertible piece below has the same pair of methods, `forward` (τ directi
 
 One INN block (Fig. S7) in the τ⁻¹ direction: ActNorm -> double affine coupling -> fixed permutation;
 τ runs the same pieces backwards. ActNorm comes first in τ⁻¹ so every coupling sees normalised input.
+Optionally (`FlowConfig.cond_affine`) one conditional affine layer of h alone sits before the blocks
+(z side) or after them (v side, i.e. a conditional Gaussian base).
 """
 from __future__ import annotations
 
@@ -34,6 +36,8 @@ class FlowConfig:
     dropout: float = 0.0               # dropout in the coupling subnetworks while training (regularises small data)
     fused: bool = True                 # one subnetwork emits both s and t (same math, half the matmuls)
     cond_whiten: float | None = None   # vector zΦ: None = standardise per dim; λ >= 0 = shrinkage whitening
+    cond_affine: str = "none"          # ConditionalAffine of h alone: "none" | "first" (z side) | "last" (v side)
+    cond_affine_clamp: float = 7.0     # its soft clamp α: one layer must reach e.g. log 0.01 ≈ -4.6 alone
     seed: int = 0                      # seeds the fixed permutations
 
     def to_dict(self) -> dict:
@@ -186,6 +190,38 @@ class DoubleAffineCoupling(nn.Module):
         return torch.cat([z1, z2], 1), -(s1.sum(1) + s2.sum(1))
 
 
+class ConditionalAffine(nn.Module):
+    """An elementwise affine map whose parameters depend on the condition only, on all D dims at once:
+
+    τ⁻¹:  v = (x - μ(h))·exp(-s(h)),  s = α·tanh(ŝ(h)/α)      log-det = -Σ s
+    τ:    x = v·exp(s(h)) + μ(h)                                log-det = +Σ s
+    with (μ, ŝ) from one MLP of h (Tab. S3a shape, last layer zero so it starts as the identity). Placed after
+    the blocks in τ⁻¹ it is a conditional Gaussian base N(μ(h), diag e^{2s(h)}); placed before them it takes a
+    condition-dependent location and scale off zΘ directly. Why: a near-deterministic target dim needs a
+    log-scale near log σ (−4.6 for σ = 0.01) and a mean accurate to σ; the couplings reach that only through
+    several |s| < α steps fed by the other half, so one layer with a larger α gives it in one place."""
+
+    def __init__(self, cfg: FlowConfig):
+        super().__init__()
+        self.clamp = cfg.cond_affine_clamp
+        self.net = mlp(cfg.embed_dim, 2 * cfg.target_dim, cfg.hidden, cfg.depth, zero_last=True)
+
+    def _params(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, s = self.net(h).chunk(2, dim=1)
+        return mu, soft_clamp(s, self.clamp)
+
+    def inverse(self, x, h):
+        mu, s = self._params(h)
+        return (x - mu) * torch.exp(-s), -s.sum(1)
+
+    def forward(self, v, h):
+        mu, s = self._params(h)
+        return v * torch.exp(s) + mu, s.sum(1)
+
+
+COND_AFFINE_PLACES = ("none", "first", "last")
+
+
 class VectorEmbedder(nn.Module):
     """H for vector conditions (Tab. S3b, last sentence): a feed-forward net as Tab. S3a."""
 
@@ -238,6 +274,10 @@ class ConditionalINN(nn.Module):
             perm = Permutation(cfg.target_dim, cfg.seed * 1000 + i)
             blocks += [ActNorm(cfg.target_dim), DoubleAffineCoupling(cfg), perm]
         self.blocks = nn.ModuleList(blocks)
+        if cfg.cond_affine not in COND_AFFINE_PLACES:
+            raise ValueError(f"cond_affine must be one of {', '.join(COND_AFFINE_PLACES)}, got {cfg.cond_affine!r}")
+        # a separate attribute, not a block: older checkpoints keep their parameter names
+        self.cond_affine = ConditionalAffine(cfg) if cfg.cond_affine != "none" else None
         self.register_buffer("cond_mean", torch.zeros(cfg.cond_shape))
         self.register_buffer("cond_std", torch.ones(cfg.cond_shape))
         self.register_buffer("target_mean", torch.zeros(cfg.target_dim))
@@ -285,12 +325,19 @@ class ConditionalINN(nn.Module):
             x = torch.linalg.solve(self.cond_whitening, x.T).T     # W is symmetric: x W⁻¹
         return self.cond_mean + x
 
+    def _pieces(self) -> list[nn.Module]:
+        """The invertible pieces in τ⁻¹ order (τ runs them reversed)."""
+        pieces = list(self.blocks)
+        if self.cond_affine is not None:
+            pieces.insert(0 if self.cfg.cond_affine == "first" else len(pieces), self.cond_affine)
+        return pieces
+
     def inverse(self, z: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """τ⁻¹ (Eq. 2): v = τ⁻¹(zΘ | zΦ) and log|det ∂v/∂zΘ| per sample."""
         h = self.embed(cond)
         x = (z - self.target_mean) / self.target_std
         logdet = (-torch.log(self.target_std).sum()).expand(z.shape[0])
-        for block in self.blocks:
+        for block in self._pieces():
             x, ld = block.inverse(x, h)
             logdet = logdet + ld
         return x, logdet
@@ -299,7 +346,7 @@ class ConditionalINN(nn.Module):
         """τ (Eq. 1): zΘ = τ(v | zΦ)."""
         h = self.embed(cond)
         x = v
-        for block in reversed(self.blocks):
+        for block in reversed(self._pieces()):
             x, _ = block.forward(x, h)
         return x * self.target_std + self.target_mean
 
