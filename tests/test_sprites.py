@@ -19,7 +19,8 @@ from train.data.sprites import SPLITS, SpritesDataset, attributes_to_dict, rende
 
 N = 200
 # held-out captions of the first two test sprites, seed 0, as main @ 14d9b0e drew them
-HELDOUT_PINNED = ["look, a sizeable unfilled purple square appears toward the left up high before a deep black backdrop",
+HELDOUT_PINNED = ["look, a sizeable unfilled purple square appears toward the left up high before a deep black "
+                  "backdrop",
                   "you can see a sizeable outline-only grass-green tile left of centre below the middle before a "
                   "deep black backdrop"]
 TRAIN_PINNED = ["an oversized hollow violet square is shown on the left at the top on a black field",

@@ -181,7 +181,8 @@ def test_posterior_targets_draw_around_the_cached_means(ae_run, tmp_path):
     assert ((z_post - z).abs() <= 6 * std.max()).all()
     assert torch.equal(post.batch(16, torch.Generator().manual_seed(0))[1], z_post)   # seeded
     assert not torch.equal(post.validation()[1], mu)                          # validation: one fixed draw
-    assert torch.equal(post.validation()[1], SpritePairs(a[:, None], mu, a, mu, z_std=std, val_z_std=std).validation()[1])
+    again = SpritePairs(a[:, None], mu, a, mu, z_std=std, val_z_std=std)
+    assert torch.equal(post.validation()[1], again.validation()[1])
     assert (post.statistics()[3] > plain.statistics()[3]).all()               # the spread of µ + σ·ε
 
     out = tmp_path / "attributes" / "cinn"

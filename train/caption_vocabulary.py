@@ -54,7 +54,8 @@ SIZE_SKIP = {"deep", "double", "broad", "spacious", "wide", "epic", "heroic", "l
              "brobdingnagian", "lilliputian", "midget", "flyspeck", "smaller", "littler", "bigger", "larger",
              "monolithic", "monumental", "mountainous", "elephantine", "pocketable", "hulky", "microscopical"}
 COLOUR_SKIP = {"puke", "vomit", "barf", "poop", "poo", "shit", "booger", "snot", "diarrhea", "baby", "sick",
-               "ugly", "dirty", "piss", "gross", "sickly", "swamp", "murky", "weird", "dirt", "mud", "muddy", "dull", "drab", "dusky", "dusty", "faded", "greyish",
+               "ugly", "dirty", "piss", "gross", "sickly", "swamp", "murky", "weird", "dirt", "mud", "muddy", "dull",
+               "drab", "dusky", "dusty", "faded", "greyish",
                "grayish", "brownish", "brown", "orange", "orangish", "pink", "pinkish", "white", "black", "grey",
                "gray", "light", "dark", "pastel", "pale", "deep", "turquoise", "teal", "aqua", "cyan",
                "magenta", "fuchsia", "rose", "salmon", "maroon", "olive", "khaki", "beige", "tan", "cream"}

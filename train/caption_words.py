@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--text-encoder", help="sentence-transformers folder (default: all-MiniLM-L6-v2)")
     ap.add_argument("--language", choices=("train", "broad"), default="train",
-                    help="training words to compare with: the hand-written ones or the broad vocabulary (docs/tasks.md)")
+                    help="training words to compare with: the hand-written ones or the broad vocabulary "
+                         "(docs/tasks.md)")
     ap.add_argument("--json", action="store_true", help="print the rows as one JSON list")
     args = ap.parse_args(argv)
     rows = neighbours(TextEncoder(args.text_encoder), BROAD_WORDS if args.language == "broad" else TRAIN_WORDS)
