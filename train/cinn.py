@@ -31,6 +31,8 @@ def build_parser(task=None) -> argparse.ArgumentParser:
     ap.add_argument("--lr", type=float, help="override the preset's learning rate")
     ap.add_argument("--target-noise", type=float,
                     help="override the preset's training noise on zΘ (cINN; in per-dimension std units, 0 = off)")
+    ap.add_argument("--weight-decay", type=float,
+                    help="override the preset's decoupled (AdamW) weight decay (0 = off)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -42,7 +44,7 @@ def build_parser(task=None) -> argparse.ArgumentParser:
 def main(argv=None):
     task = resolve_task(peek(argv, "--task")["task"])
     args = build_parser(task).parse_args(argv)
-    overrides = TrainOverrides(args.steps, args.batch_size, args.lr, args.target_noise)
+    overrides = TrainOverrides(args.steps, args.batch_size, args.lr, args.target_noise, args.weight_decay)
     request = TrainRequest(task, options_from(args, task.options), args.preset, args.model, args.seed, args.out,
                            args.resume, args.device, overrides, task_ref=None if args.task in BUILTIN else args.task)
     train_task(request)

@@ -44,6 +44,7 @@ class TrainOverrides:
     batch_size: int | None = None
     lr: float | None = None
     target_noise: float | None = None
+    weight_decay: float | None = None
 
 
 def select(presets: dict, name: str, task: str) -> Preset:
@@ -82,9 +83,11 @@ def train_config(preset: Preset, seed: int, overrides: TrainOverrides) -> TrainC
             if not math.isfinite(value) or value <= 0:        # NaN passes a plain `<= 0`
                 raise UserError(f"--{name.replace('_', '-')} must be positive and finite, got {value}")
             setattr(cfg, name, value)
-    if overrides.target_noise is not None:
-        if not math.isfinite(overrides.target_noise) or overrides.target_noise < 0:
-            raise UserError(f"--target-noise must be >= 0 and finite, got {overrides.target_noise}")
-        cfg.target_noise = overrides.target_noise
+    for name in ("target_noise", "weight_decay"):
+        value = getattr(overrides, name)
+        if value is not None:
+            if not math.isfinite(value) or value < 0:
+                raise UserError(f"--{name.replace('_', '-')} must be >= 0 and finite, got {value}")
+            setattr(cfg, name, value)
     cfg.warmup = min(cfg.warmup, max(1, cfg.steps // 10))
     return cfg
