@@ -399,6 +399,7 @@ TRAIN_CLI = {
     "steps_negative": (["--steps", "-3"], "--steps must be positive and finite, got -3"),
     "noise_nan": (["--target-noise", "nan"], "--target-noise must be >= 0 and finite"),
     "cond_noise_nan": (["--cond-noise", "nan"], "--cond-noise must be >= 0 and finite"),
+    "weight_decay_inf": (["--weight-decay", "inf"], "--weight-decay must be >= 0 and finite"),
     "unknown_option": (["--stepz", "3"], "unrecognized arguments: --stepz 3"),
 }
 

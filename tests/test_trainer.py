@@ -104,6 +104,22 @@ def test_target_noise_changes_training_and_resumes_exactly(feats, monkeypatch):
         cinn.main(train_args(feats, feats / "neg", "--target-noise", "-1"))
 
 
+def test_weight_decay_flag_and_noise_floor_change_training(feats, monkeypatch):
+    from train.core.presets import FEATURE_PRESETS
+    cinn.main(train_args(feats, feats / "plain", "--target-noise", "0.5"))
+    cinn.main(train_args(feats, feats / "decay", "--target-noise", "0.5", "--weight-decay", "0.5"))
+    monkeypatch.setitem(FEATURE_PRESETS["smoke"]["train"], "target_noise_final", 0.2)
+    cinn.main(train_args(feats, feats / "floor", "--target-noise", "0.5"))
+    runs = {name: load_tensors(feats / name / "checkpoint.safetensors") for name in ("plain", "decay", "floor")}
+    weights = [k for k in runs["plain"] if k.startswith("model.blocks")]
+    for name in ("decay", "floor"):
+        assert not all(torch.equal(runs["plain"][k], runs[name][k]) for k in weights), name
+    assert json.loads((feats / "decay" / "config.json").read_text())["train"]["weight_decay"] == 0.5
+    assert json.loads((feats / "floor" / "config.json").read_text())["train"]["target_noise_final"] == 0.2
+    with pytest.raises(UserError, match="--weight-decay must be >= 0"):
+        cinn.main(train_args(feats, feats / "neg", "--weight-decay", "-1"))
+
+
 def test_non_finite_loss_stops_without_writing(feats, monkeypatch):
     original_batch = TensorPairs.batch
 

@@ -33,6 +33,8 @@ def build_parser(task=None) -> argparse.ArgumentParser:
                     help="override the preset's training noise on zΘ (cINN; in per-dimension std units, 0 = off)")
     ap.add_argument("--cond-noise", type=float,
                     help="override the preset's training noise on zΦ (cINN; in per-dimension std units, 0 = off)")
+    ap.add_argument("--weight-decay", type=float,
+                    help="override the preset's decoupled (AdamW) weight decay (0 = off)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -44,7 +46,8 @@ def build_parser(task=None) -> argparse.ArgumentParser:
 def main(argv=None):
     task = resolve_task(peek(argv, "--task")["task"])
     args = build_parser(task).parse_args(argv)
-    overrides = TrainOverrides(args.steps, args.batch_size, args.lr, args.target_noise, args.cond_noise)
+    overrides = TrainOverrides(args.steps, args.batch_size, args.lr, args.target_noise, cond_noise=args.cond_noise,
+                               weight_decay=args.weight_decay)
     request = TrainRequest(task, options_from(args, task.options), args.preset, args.model, args.seed, args.out,
                            args.resume, args.device, overrides, task_ref=None if args.task in BUILTIN else args.task)
     train_task(request)

@@ -47,6 +47,7 @@ class TrainOverrides:
     lr: float | None = None
     target_noise: float | None = None
     cond_noise: float | None = None
+    weight_decay: float | None = None
 
 
 def select(presets: dict, name: str, task: str) -> Preset:
@@ -85,7 +86,7 @@ def train_config(preset: Preset, seed: int, overrides: TrainOverrides) -> TrainC
             if not math.isfinite(value) or value <= 0:        # NaN passes a plain `<= 0`
                 raise UserError(f"--{name.replace('_', '-')} must be positive and finite, got {value}")
             setattr(cfg, name, value)
-    for name in ("target_noise", "cond_noise"):
+    for name in ("target_noise", "cond_noise", "weight_decay"):
         value = getattr(overrides, name)
         if value is not None:
             if not math.isfinite(value) or value < 0:

@@ -51,8 +51,9 @@ class TrainConfig:
     ckpt_every: int = 1000
     seed: int = 0
     # cINN only: std of Gaussian noise added to each training target zΘ at the first step, in units of its
-    # per-dimension std, decaying linearly to 0 at the last (0 = off). See `train` below.
+    # per-dimension std, decaying linearly to `target_noise_final` at the last (0 = off). See `train` below.
     target_noise: float = 0.0
+    target_noise_final: float = 0.0
     # cINN only: std of Gaussian noise added to each training condition zΦ, in units of its per-dimension
     # std (dimensions that never vary get none); constant over training (0 = off). See `train` below.
     cond_noise: float = 0.0
@@ -218,7 +219,7 @@ def train(kind: str, model_cfg: dict, cfg: TrainConfig, source: PairSource, out_
             # direction variance to spread over N(0, I) while the flow takes shape; it decays to 0 so the
             # final τ fits the clean targets (constant noise left v on clean data at std 0.5 and
             # predictive of c). Validation stays on the clean targets.
-            sigma = cfg.target_noise * (1 - step / cfg.steps)
+            sigma = cfg.target_noise_final + (cfg.target_noise - cfg.target_noise_final) * (1 - step / cfg.steps)
             z = z + sigma * model.target_std * torch.randn(z.shape, generator=gen).to(device)
         if cond_scale is not None:
             # Directions in which the training conditions barely vary carry little meaning, but whitening
