@@ -59,3 +59,21 @@ def features_files(tmp_path_factory):
     np.save(d / "truncated.npy", np.zeros((64, 4), np.float32))
     (d / "truncated.npy").write_bytes((d / "truncated.npy").read_bytes()[:200])
     return d
+
+
+@pytest.fixture()
+def pairs_dir(tmp_path):
+    """600 synthetic (c, z) pairs as c.npy / z.npy in a fresh folder: input of train_args."""
+    import numpy as np
+
+    from train.data.synthetic import sample_pairs
+    c, z = sample_pairs(600, seed=5)
+    np.save(tmp_path / "c.npy", c)
+    np.save(tmp_path / "z.npy", z)
+    return tmp_path
+
+
+def train_args(d, out, *extra):
+    """`python -m train.cinn` arguments of a smoke run on pairs_dir's files."""
+    return ["--task", "features", "--source", str(d / "c.npy"), "--target", str(d / "z.npy"),
+            "--out", str(out), "--preset", "smoke", *extra]

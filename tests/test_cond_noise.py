@@ -2,44 +2,30 @@
 and with a source's `condition_meanings` it leaves the linear readouts of those meanings untouched."""
 import json
 
-import numpy as np
 import pytest
 import torch
+from conftest import train_args
 
 from train import cinn
 from train.core.common import UserError, load_tensors
 from train.core.flow import ConditionalINN, FlowConfig
 from train.core.translator import protected_directions
 from train.data.pairs import SpritePairs, attribute_directions
-from train.data.synthetic import sample_pairs
 
 
-@pytest.fixture()
-def feats(tmp_path):
-    c, z = sample_pairs(600, seed=5)
-    np.save(tmp_path / "c.npy", c)
-    np.save(tmp_path / "z.npy", z)
-    return tmp_path
-
-
-def train_args(d, out, *extra):
-    return ["--task", "features", "--source", str(d / "c.npy"), "--target", str(d / "z.npy"),
-            "--out", str(out), "--preset", "smoke", *extra]
-
-
-def test_cond_noise_is_off_by_default_and_changes_training(feats):
-    cinn.main(train_args(feats, feats / "plain"))
-    cinn.main(train_args(feats, feats / "zero", "--cond-noise", "0"))
-    cinn.main(train_args(feats, feats / "noisy", "--cond-noise", "0.5"))
-    cinn.main(train_args(feats, feats / "again", "--cond-noise", "0.5"))
-    runs = {n: load_tensors(feats / n / "checkpoint.safetensors") for n in ("plain", "zero", "noisy", "again")}
+def test_cond_noise_is_off_by_default_and_changes_training(pairs_dir):
+    cinn.main(train_args(pairs_dir, pairs_dir / "plain"))
+    cinn.main(train_args(pairs_dir, pairs_dir / "zero", "--cond-noise", "0"))
+    cinn.main(train_args(pairs_dir, pairs_dir / "noisy", "--cond-noise", "0.5"))
+    cinn.main(train_args(pairs_dir, pairs_dir / "again", "--cond-noise", "0.5"))
+    runs = {n: load_tensors(pairs_dir / n / "checkpoint.safetensors") for n in ("plain", "zero", "noisy", "again")}
     weights = [k for k in runs["plain"] if k.startswith("model.")]
     assert all(torch.equal(runs["plain"][k], runs["zero"][k]) for k in weights)        # 0 = off
     assert not all(torch.equal(runs["plain"][k], runs["noisy"][k]) for k in weights)
     assert all(torch.equal(runs["noisy"][k], runs["again"][k]) for k in weights)       # seeded
-    assert json.loads((feats / "noisy" / "config.json").read_text())["train"]["cond_noise"] == 0.5
+    assert json.loads((pairs_dir / "noisy" / "config.json").read_text())["train"]["cond_noise"] == 0.5
     with pytest.raises(UserError, match="--cond-noise must be >= 0"):
-        cinn.main(train_args(feats, feats / "neg", "--cond-noise", "-1"))
+        cinn.main(train_args(pairs_dir, pairs_dir / "neg", "--cond-noise", "-1"))
 
 
 def test_protected_noise_keeps_the_readouts_of_the_meanings():

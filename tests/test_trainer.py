@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import train_args
 
 from train import cinn, evaluate
 from train.core.common import UserError, load_tensors
@@ -16,34 +17,21 @@ from train.data.synthetic import sample_pairs
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture()
-def feats(tmp_path):
-    c, z = sample_pairs(600, seed=5)
-    np.save(tmp_path / "c.npy", c)
-    np.save(tmp_path / "z.npy", z)
-    return tmp_path
-
-
-def train_args(d, out, *extra):
-    return ["--task", "features", "--source", str(d / "c.npy"), "--target", str(d / "z.npy"),
-            "--out", str(out), "--preset", "smoke", *extra]
-
-
 def run_cli(args):
     """Run a CLI in a subprocess: exit code and stderr, as a user sees them."""
     p = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
     return p.returncode, p.stderr
 
 
-def test_smoke_training_writes_run_and_evaluates(feats, capsys):
-    cinn.main(train_args(feats, feats / "run"))
+def test_smoke_training_writes_run_and_evaluates(pairs_dir, capsys):
+    cinn.main(train_args(pairs_dir, pairs_dir / "run"))
     for name in ("checkpoint.safetensors", "config.json", "metrics.csv"):
-        assert (feats / "run" / name).is_file()
-    rows = (feats / "run" / "metrics.csv").read_text().strip().splitlines()
+        assert (pairs_dir / "run" / name).is_file()
+    rows = (pairs_dir / "run" / "metrics.csv").read_text().strip().splitlines()
     assert rows[0].startswith("step,train_loss,val_loss") and len(rows) == 3
     capsys.readouterr()
-    evaluate.main(["--run", str(feats / "run"), "--source", str(feats / "c.npy"),
-                   "--target", str(feats / "z.npy"), "--json"])
+    evaluate.main(["--run", str(pairs_dir / "run"), "--source", str(pairs_dir / "c.npy"),
+                   "--target", str(pairs_dir / "z.npy"), "--json"])
     result = json.loads(capsys.readouterr().out)
     for key in ("nll_nats_per_dim", "bits_per_dim", "roundtrip_rel_err", "num_samples"):
         assert key in result
@@ -51,8 +39,8 @@ def test_smoke_training_writes_run_and_evaluates(feats, capsys):
     assert abs(result["bits_per_dim"] - result["nll_nats_per_dim"] / np.log(2)) < 1e-9
 
 
-def test_resume_equals_uninterrupted(feats, monkeypatch):
-    cinn.main(train_args(feats, feats / "full"))
+def test_resume_equals_uninterrupted(pairs_dir, monkeypatch):
+    cinn.main(train_args(pairs_dir, pairs_dir / "full"))
     original_batch = TensorPairs.batch
     calls = {"n": 0}
 
@@ -64,26 +52,26 @@ def test_resume_equals_uninterrupted(feats, monkeypatch):
 
     monkeypatch.setattr(TensorPairs, "batch", crashing_batch)
     with pytest.raises(KeyboardInterrupt):
-        cinn.main(train_args(feats, feats / "cut"))
+        cinn.main(train_args(pairs_dir, pairs_dir / "cut"))
     monkeypatch.setattr(TensorPairs, "batch", original_batch)
-    assert int(load_tensors(feats / "cut" / "checkpoint.safetensors")["trainer.step"]) == 10
-    cinn.main(train_args(feats, feats / "cut", "--resume"))
-    full = load_tensors(feats / "full" / "checkpoint.safetensors")
-    cut = load_tensors(feats / "cut" / "checkpoint.safetensors")
+    assert int(load_tensors(pairs_dir / "cut" / "checkpoint.safetensors")["trainer.step"]) == 10
+    cinn.main(train_args(pairs_dir, pairs_dir / "cut", "--resume"))
+    full = load_tensors(pairs_dir / "full" / "checkpoint.safetensors")
+    cut = load_tensors(pairs_dir / "cut" / "checkpoint.safetensors")
     for name, tensor in full.items():
         if name.startswith(("model.", "optim.")):
             assert torch.equal(tensor, cut[name]), name
 
 
-def test_target_noise_changes_training_and_resumes_exactly(feats, monkeypatch):
-    cinn.main(train_args(feats, feats / "plain"))
-    cinn.main(train_args(feats, feats / "zero", "--target-noise", "0"))
-    cinn.main(train_args(feats, feats / "noisy", "--target-noise", "0.5"))
-    runs = {name: load_tensors(feats / name / "checkpoint.safetensors") for name in ("plain", "zero", "noisy")}
+def test_target_noise_changes_training_and_resumes_exactly(pairs_dir, monkeypatch):
+    cinn.main(train_args(pairs_dir, pairs_dir / "plain"))
+    cinn.main(train_args(pairs_dir, pairs_dir / "zero", "--target-noise", "0"))
+    cinn.main(train_args(pairs_dir, pairs_dir / "noisy", "--target-noise", "0.5"))
+    runs = {name: load_tensors(pairs_dir / name / "checkpoint.safetensors") for name in ("plain", "zero", "noisy")}
     weights = [k for k in runs["plain"] if k.startswith("model.blocks")]
     assert all(torch.equal(runs["plain"][k], runs["zero"][k]) for k in weights)        # 0 = off
     assert not all(torch.equal(runs["plain"][k], runs["noisy"][k]) for k in weights)
-    assert json.loads((feats / "noisy" / "config.json").read_text())["train"]["target_noise"] == 0.5
+    assert json.loads((pairs_dir / "noisy" / "config.json").read_text())["train"]["target_noise"] == 0.5
     original_batch = TensorPairs.batch
     calls = {"n": 0}
 
@@ -95,32 +83,32 @@ def test_target_noise_changes_training_and_resumes_exactly(feats, monkeypatch):
 
     monkeypatch.setattr(TensorPairs, "batch", crashing_batch)
     with pytest.raises(KeyboardInterrupt):
-        cinn.main(train_args(feats, feats / "cut", "--target-noise", "0.5"))
+        cinn.main(train_args(pairs_dir, pairs_dir / "cut", "--target-noise", "0.5"))
     monkeypatch.setattr(TensorPairs, "batch", original_batch)
-    cinn.main(train_args(feats, feats / "cut", "--target-noise", "0.5", "--resume"))
-    cut = load_tensors(feats / "cut" / "checkpoint.safetensors")
+    cinn.main(train_args(pairs_dir, pairs_dir / "cut", "--target-noise", "0.5", "--resume"))
+    cut = load_tensors(pairs_dir / "cut" / "checkpoint.safetensors")
     assert all(torch.equal(runs["noisy"][k], cut[k]) for k in weights)   # resume repeats the same noise draws
     with pytest.raises(UserError, match="--target-noise must be >= 0"):
-        cinn.main(train_args(feats, feats / "neg", "--target-noise", "-1"))
+        cinn.main(train_args(pairs_dir, pairs_dir / "neg", "--target-noise", "-1"))
 
 
-def test_weight_decay_flag_and_noise_floor_change_training(feats, monkeypatch):
+def test_weight_decay_flag_and_noise_floor_change_training(pairs_dir, monkeypatch):
     from train.core.presets import FEATURE_PRESETS
-    cinn.main(train_args(feats, feats / "plain", "--target-noise", "0.5"))
-    cinn.main(train_args(feats, feats / "decay", "--target-noise", "0.5", "--weight-decay", "0.5"))
+    cinn.main(train_args(pairs_dir, pairs_dir / "plain", "--target-noise", "0.5"))
+    cinn.main(train_args(pairs_dir, pairs_dir / "decay", "--target-noise", "0.5", "--weight-decay", "0.5"))
     monkeypatch.setitem(FEATURE_PRESETS["smoke"]["train"], "target_noise_final", 0.2)
-    cinn.main(train_args(feats, feats / "floor", "--target-noise", "0.5"))
-    runs = {name: load_tensors(feats / name / "checkpoint.safetensors") for name in ("plain", "decay", "floor")}
+    cinn.main(train_args(pairs_dir, pairs_dir / "floor", "--target-noise", "0.5"))
+    runs = {name: load_tensors(pairs_dir / name / "checkpoint.safetensors") for name in ("plain", "decay", "floor")}
     weights = [k for k in runs["plain"] if k.startswith("model.blocks")]
     for name in ("decay", "floor"):
         assert not all(torch.equal(runs["plain"][k], runs[name][k]) for k in weights), name
-    assert json.loads((feats / "decay" / "config.json").read_text())["train"]["weight_decay"] == 0.5
-    assert json.loads((feats / "floor" / "config.json").read_text())["train"]["target_noise_final"] == 0.2
+    assert json.loads((pairs_dir / "decay" / "config.json").read_text())["train"]["weight_decay"] == 0.5
+    assert json.loads((pairs_dir / "floor" / "config.json").read_text())["train"]["target_noise_final"] == 0.2
     with pytest.raises(UserError, match="--weight-decay must be >= 0"):
-        cinn.main(train_args(feats, feats / "neg", "--weight-decay", "-1"))
+        cinn.main(train_args(pairs_dir, pairs_dir / "neg", "--weight-decay", "-1"))
 
 
-def test_non_finite_loss_stops_without_writing(feats, monkeypatch):
+def test_non_finite_loss_stops_without_writing(pairs_dir, monkeypatch):
     original_batch = TensorPairs.batch
 
     def poisoned(self, size, generator):
@@ -129,14 +117,14 @@ def test_non_finite_loss_stops_without_writing(feats, monkeypatch):
 
     monkeypatch.setattr(TensorPairs, "batch", poisoned)
     with pytest.raises(UserError, match="non-finite loss at step 0"):
-        cinn.main(train_args(feats, feats / "nan"))
-    assert not (feats / "nan" / "checkpoint.safetensors").exists()
+        cinn.main(train_args(pairs_dir, pairs_dir / "nan"))
+    assert not (pairs_dir / "nan" / "checkpoint.safetensors").exists()
 
 
-def test_existing_run_needs_resume(feats):
-    cinn.main(train_args(feats, feats / "run"))
+def test_existing_run_needs_resume(pairs_dir):
+    cinn.main(train_args(pairs_dir, pairs_dir / "run"))
     with pytest.raises(UserError, match="--resume"):
-        cinn.main(train_args(feats, feats / "run"))
+        cinn.main(train_args(pairs_dir, pairs_dir / "run"))
 
 
 def _bad_inputs(d):
@@ -169,19 +157,19 @@ def test_cli_errors_are_one_clear_line(tmp_path):
         assert len(err.strip().splitlines()) == 1, err
 
 
-def test_resume_with_other_dims_is_refused(feats):
-    cinn.main(train_args(feats, feats / "run"))
-    np.save(feats / "z.npy", np.concatenate([np.load(feats / "z.npy")] * 2, 1))
-    code, err = run_cli(["train.cinn", *train_args(feats, feats / "run", "--resume")])
+def test_resume_with_other_dims_is_refused(pairs_dir):
+    cinn.main(train_args(pairs_dir, pairs_dir / "run"))
+    np.save(pairs_dir / "z.npy", np.concatenate([np.load(pairs_dir / "z.npy")] * 2, 1))
+    code, err = run_cli(["train.cinn", *train_args(pairs_dir, pairs_dir / "run", "--resume")])
     assert code == 2 and "model settings differ" in err and "Traceback" not in err
 
 
-def test_torchrun_two_cpu_processes(feats):
+def test_torchrun_two_cpu_processes(pairs_dir):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                        "29533", "-m", "train.cinn", *train_args(feats, feats / "ddp")],
+                        "29533", "-m", "train.cinn", *train_args(pairs_dir, pairs_dir / "ddp")],
                        cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert p.returncode == 0, p.stderr[-2000:]
-    tensors = load_tensors(feats / "ddp" / "checkpoint.safetensors")
+    tensors = load_tensors(pairs_dir / "ddp" / "checkpoint.safetensors")
     assert int(tensors["trainer.step"]) == 20
     assert all(torch.isfinite(t).all() for k, t in tensors.items() if k.startswith("model."))
