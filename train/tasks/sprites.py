@@ -58,7 +58,9 @@ TEXT_PRESETS = derive(SPRITE_PRESETS, _SPRITE_DATA, flow={"cond_whiten": 1.0}, s
 
 # Default sampling temperature per task (v ~ N(0, T² I)): the evaluation's default and, through the experts'
 # info, the exported bundle's (manifest `sampling`). Chosen by measurement: docs/results.md, "Sampling temperature".
-SAMPLING = {"attributes": {"temperature": 1.3, "chosen_by": "docs/results.md#sampling-temperature"},
+SAMPLING = {"attributes": {"temperature": 1.5,
+                           "chosen_by": "docs/results.md#attributes-16-coupling-blocks-on-the-default-ae-2026-12-01-now"
+                                        "-the-default"},
             "text2image": {"temperature": 1.3, "chosen_by": "docs/results.md#sampling-temperature"}}
 
 
