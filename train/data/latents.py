@@ -24,8 +24,7 @@ def encode_images(ae, images, batch: int = 256, posterior: bool = False) -> torc
     x = images if torch.is_tensor(images) and images.is_floating_point() else to_tensor(images)
 
     def one(chunk):
-        mu = ae.encode(chunk)                             # checks the image shape
-        return torch.stack([mu, ae.encoder(chunk)[1].mul(0.5).exp()], 1) if posterior else mu
+        return torch.stack(ae.posterior(chunk), 1) if posterior else ae.encode(chunk)
     return torch.cat([one(x[i:i + batch]) for i in range(0, len(x), batch)])
 
 

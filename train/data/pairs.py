@@ -49,14 +49,14 @@ class SpritePairs:
     """PairSource: (zΦ, Θ(y)) with zΦ = attributes or caption embeddings (one of a pool per image)."""
 
     def __init__(self, cond: torch.Tensor, z: torch.Tensor, val_cond: torch.Tensor, val_z: torch.Tensor,
-                 meanings: torch.Tensor | None = None, z_std: torch.Tensor | None = None,
+                 attributes: torch.Tensor | None = None, z_std: torch.Tensor | None = None,
                  val_z_std: torch.Tensor | None = None):
         # cond: (N, K, *cond_shape) — K alternative conditions per image (K = 1 for attributes);
-        # cond_shape (c,) for vectors, (C, H, W) for spatial conditions; `meanings` (k, *cond_shape): the
-        # directions of zΦ that carry what the condition says (`attribute_directions`), or None.
+        # cond_shape (c,) for vectors, (C, H, W) for spatial conditions; `attributes` (N, A): what each image
+        # shows, from which `condition_meanings` derives the directions of zΦ that say it (only when asked).
         # z_std (N, D): the AE's posterior std σ of each target; given, every batch draws z = µ + σ·ε afresh
         # (τ then learns the AE's posterior, not only its means), and validation is one fixed such draw.
-        self.cond, self.z, self.z_std, self.meanings = cond, z, z_std, meanings
+        self.cond, self.z, self.z_std, self.attributes = cond, z, z_std, attributes
         if z_std is not None:
             val_z = val_z + val_z_std * torch.randn(val_z.shape, generator=torch.Generator().manual_seed(0))
         self.val = (val_cond, val_z)
@@ -79,7 +79,8 @@ class SpritePairs:
         return (*condition_statistics(self.cond.flatten(0, 1)), self.z.mean(0), std)
 
     def condition_meanings(self) -> torch.Tensor | None:
-        return self.meanings
+        """(A, *cond_shape) directions of zΦ per attribute (`attribute_directions`), or None without attributes."""
+        return None if self.attributes is None else attribute_directions(self.cond, self.attributes.float())
 
 
 def attribute_directions(cond: torch.Tensor, attributes: torch.Tensor) -> torch.Tensor:

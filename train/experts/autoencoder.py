@@ -228,11 +228,20 @@ class Autoencoder(nn.Module):
     def image_size(self) -> int:
         return self.cfg.image_size
 
-    def encode(self, images: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None):
-        """Images (N, 3, H, W) in [-1, 1] -> z (N, d): the mean µ, or a reparameterised sample (Eq. 14)."""
+    def _check(self, images: torch.Tensor) -> None:
         if images.shape[1:] != (3, self.image_size, self.image_size):
             raise UserError(f"autoencoder expects images of shape (N, 3, {self.image_size}, {self.image_size}), "
                             f"got {tuple(images.shape)}")
+
+    def posterior(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images (N, 3, H, W) in [-1, 1] -> the mean µ and std σ (N, d each) of q(z | y)."""
+        self._check(images)
+        mu, logvar = self.encoder(images)
+        return mu, (0.5 * logvar).exp()
+
+    def encode(self, images: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None):
+        """Images (N, 3, H, W) in [-1, 1] -> z (N, d): the mean µ, or a reparameterised sample (Eq. 14)."""
+        self._check(images)
         mu, logvar = self.encoder(images)
         if not sample:
             return mu

@@ -18,7 +18,7 @@ import torch
 from train.core.presets import derive, select
 from train.data import ATTRIBUTES
 from train.data.latents import caption_pool, embed_captions, sprite_latents
-from train.data.pairs import SpritePairs, attribute_directions
+from train.data.pairs import SpritePairs
 from train.data.sprites import sprite_attributes
 from train.eval.sprites import evaluate_run, write_grids
 from train.experts.ae_training import AESpec, load_ae
@@ -134,8 +134,7 @@ def _text_pairs(req: PairRequest) -> TrainingPairs:
             "caption_language": req.options.caption_language}
     if std is not None:
         info["ae_latents"] = req.options.ae_latents
-    meanings = attribute_directions(cond, a.float())
-    return TrainingPairs(SpritePairs(cond, z, val_cond, vz, meanings, z_std=std, val_z_std=vstd), info)
+    return TrainingPairs(SpritePairs(cond, z, val_cond, vz, a, z_std=std, val_z_std=vstd), info)
 
 
 def sprite_experts(config: dict) -> Experts:
