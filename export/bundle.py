@@ -7,7 +7,8 @@
                      limit (paper-size flows), so every writer of a bundle handles both;
   int8 helpers       Gemm -> MatMul + Add (the form the quantizers handle), a latency probe (the int8
                      flow graphs themselves: export.quantize);
-  fp16 graphs        `to_fp16`, an allow-list converter (fp32 I/O, fp16 inside where it is safe).
+  fp16 graphs        `to_fp16`, an allow-list converter (fp32 I/O, fp16 inside where it is safe);
+  condition bank     `condition_bank.npy` beside the engines (runtime/condition_bank.py).
 """
 from __future__ import annotations
 
@@ -21,7 +22,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from runtime.condition_bank import BANK_FILE, bank_problem
 from runtime.manifest import FUSED_ROLES, MANIFEST, read_manifest, sha256_file, stage_name, validate_manifest
+
+BANK_CHOSEN_BY = "docs/results.md, text2image: 'Projecting the condition onto the training conditions'"
 
 
 class ExportError(Exception):
@@ -99,12 +103,23 @@ def rehash(bundle_dir: str | Path, manifest: dict) -> dict:
         entry["sha256"] = sha256_file(Path(bundle_dir) / entry["file"])
         if entry.get("external_data"):
             entry["external_data"] = hash_tree(bundle_dir, list(entry["external_data"]))
-    for section in ("tokenizer", "validation"):
+    for section in ("tokenizer", "validation", "condition_bank"):
         if section in manifest:
             manifest[section]["files"] = hash_tree(bundle_dir, list(manifest[section]["files"]))
     for plan in manifest.get("tensorrt", {}).get("plans", {}).values():
         plan["sha256"] = sha256_file(Path(bundle_dir) / plan["file"])
     return manifest
+
+
+def write_condition_bank(bundle_dir: str | Path, conditions: np.ndarray, min_similarity: float,
+                         cond_shape: list[int]) -> dict:
+    """BANK_FILE (float16 rows, a plain .npy) in the bundle and the manifest's `condition_bank` section."""
+    problem = bank_problem(conditions, min_similarity, cond_shape[0] if len(cond_shape) == 1 else -1)
+    if problem:
+        raise ExportError(f"the run's condition bank {problem}; retrain the run or export with --no-condition-bank")
+    np.save(Path(bundle_dir) / BANK_FILE, np.ascontiguousarray(conditions, np.float16), allow_pickle=False)
+    return {"files": hash_tree(bundle_dir, [BANK_FILE]), "count": len(conditions),
+            "min_similarity": float(min_similarity), "chosen_by": BANK_CHOSEN_BY}
 
 
 def write_manifest(bundle_dir: str | Path, manifest: dict) -> dict:

@@ -33,6 +33,10 @@ Sampling temperature (manifest `sampling`): what `runtime.Pipeline.translate` us
 experts may name one chosen by measurement (`Experts.info["sampling"] = {temperature, chosen_by}`; attributes
 and text2image do: docs/results.md); else 1 (v ~ N(0, I), the trained density). `--temperature T` overrides.
 
+Condition bank (manifest `condition_bank`, file condition_bank.npy): a run with RUN/condition_bank.safetensors
+(text2image) ships its training conditions, onto which `Pipeline.translate` projects off-support conditions
+before τ (runtime/condition_bank.py); `--no-condition-bank` leaves it out (the exact condition, always).
+
 Validation pairs (validation/*.npy): `--val-source/--val-target` files if given; else the task's own
 held-out split (`Task.held_out_pairs`: rebuilt from the run's config.json exactly as the trainer built it);
 if that fails (data moved), pairs sampled from the model (zΦ from its stored standardisation, zΘ = τ(v | zΦ)). The
@@ -50,7 +54,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from export.bundle import ExportError, hash_tree, session, stage_entry, write_manifest
+from export.bundle import ExportError, hash_tree, session, stage_entry, write_condition_bank, write_manifest
 from export.fuse import add_fused_stages
 from export.graph import FlowStage, check_parity, export_graph
 from export.quantize import MAX_DRIFT, MIN_SPEEDUP, Int8Refused, add_static_int8
@@ -67,6 +71,7 @@ from runtime.manifest import (
     temperature_problem,
 )
 from train.core.common import ArgParser, UserError, run_cli
+from train.core.condition_bank import load_condition_bank
 from train.core.flow import ConditionalINN
 from train.core.translator import load_translator
 from train.data.features import load_pairs
@@ -188,11 +193,12 @@ def export_bundle(model: ConditionalINN, experts: Experts, out: str | Path, *, t
                   calibration: tuple[np.ndarray, np.ndarray] | None = None,
                   calibration_origin: str = "validation pairs", int8_max_drift: float = MAX_DRIFT,
                   fuse: bool = True, int8_min_speedup: float = MIN_SPEEDUP,
-                  temperature: float | None = None) -> dict:
+                  temperature: float | None = None, condition_bank=None) -> dict:
     """Write the bundle for `model` + `experts` to `out` (built in a temporary folder beside it, then
     swapped in, so a failed export never leaves half a bundle). Returns the manifest. int8: also the static
     int8 flow pair, calibrated on `calibration` (cond, z) pairs (default: the validation pairs). temperature:
-    the bundle's default sampling temperature (default: the experts' `info["sampling"]`, else 1)."""
+    the bundle's default sampling temperature (default: the experts' `info["sampling"]`, else 1).
+    condition_bank: a ConditionBank (train/core/condition_bank.py) to ship, or None."""
     if not isinstance(model, ConditionalINN):
         raise UserError("only cINN runs can be exported (the MLP baseline has no inverse)")
     out = Path(out)
@@ -217,6 +223,9 @@ def export_bundle(model: ConditionalINN, experts: Experts, out: str | Path, *, t
             if key in experts.info:
                 manifest[key] = experts.info[key]
         manifest["sampling"] = sampling_section(experts, temperature)
+        if condition_bank is not None:
+            manifest["condition_bank"] = write_condition_bank(tmp, condition_bank.conditions.half().numpy(),
+                                                              condition_bank.min_similarity, manifest["cond_shape"])
         manifest = write_manifest(tmp, manifest)
         tmp.chmod(0o755)                          # mkdtemp makes it private
         if out.exists():
@@ -276,6 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calibration-pairs", type=int, default=1024, help="int8: training pairs that calibrate it")
     ap.add_argument("--temperature", type=float,
                     help="the bundle's default sampling temperature (default: the task's measured choice, else 1)")
+    ap.add_argument("--no-condition-bank", action="store_true",
+                    help="leave out the run's condition bank (RUN/condition_bank.safetensors): the runtime then "
+                         "samples from the exact condition, also off the training support")
     ap.add_argument("--int8-max-drift", type=float, default=MAX_DRIFT,
                     help="int8: largest |NLL drift| (nats/dim) on the validation pairs; else no int8 stage")
     ap.add_argument("--int8-min-speedup", type=float, default=MIN_SPEEDUP,
@@ -301,7 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     m = export_bundle(model, experts, out, task=task.name, cond=cond, z=z, origin=origin, source=source,
                       opset=args.opset, int8=int8, calibration=(c_cal, z_cal) if int8 else None,
                       calibration_origin=cal_origin, int8_max_drift=args.int8_max_drift, fuse=not args.no_fuse,
-                      int8_min_speedup=args.int8_min_speedup, temperature=args.temperature)
+                      int8_min_speedup=args.int8_min_speedup, temperature=args.temperature,
+                      condition_bank=None if args.no_condition_bank else load_condition_bank(run))
     print(f"wrote {out}: stages {', '.join(sorted(m['stages']))}; {len(z)} validation pairs ({origin})")
     worst = max(max(r.values()) for r in m["checks"]["parity"].values())
     rt = max(m["checks"]["roundtrip_rel"].values())
@@ -314,6 +327,9 @@ def main(argv: list[str] | None = None) -> int:
               f"batch dependence {q['v_batch_dependence_max_abs']:.1e}, fp32 kept for "
               f"{', '.join(q['fp32_groups']) or 'nothing'}, speed-up {q['speedup_batch1']:.2f}x (batch 1), "
               f"{q['speedup_batch8']:.2f}x (batch 8)")
+    if "condition_bank" in m:
+        print(f"condition bank: {m['condition_bank']['count']} training conditions "
+              f"(min similarity {m['condition_bank']['min_similarity']:.3f}) in condition_bank.npy")
     for w in m["warnings"]:
         print(f"warning: {w}")
     return 0

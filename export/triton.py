@@ -145,6 +145,9 @@ def client_info(manifest: dict, configs: dict[str, dict]) -> dict:
     if "image" in manifest:
         info["image"] = {**manifest["image"], "to_model": "x / 127.5 - 1 (uint8 NHWC -> NCHW)",
                          "from_model": "clip(rint((y + 1) * 127.5), 0, 255) (NCHW -> uint8 NHWC)"}
+    if "condition_bank" in manifest:      # numpy between Φ and τ: no ONNX step of these ensembles does it
+        info["condition_bank"] = ("not applied: these ensembles sample from the exact condition; runtime.Pipeline "
+                                  "and `python -m runtime serve` project it onto the bundle's condition_bank.npy")
     if "tokenizer" in manifest:
         info["tokenizer"] = {"file": "tokenizer.json", "max_tokens": manifest["tokenizer"]["max_tokens"],
                              "pad_id": manifest["tokenizer"].get("pad_id", 0)}

@@ -101,7 +101,7 @@ def _save_grid(images: np.ndarray, rows: int, path: str) -> None:
 
 def _open(args) -> Pipeline:
     return Pipeline.load(args.bundle, backend=args.backend, device=args.device, precision=args.precision,
-                         threads=args.threads)
+                         threads=args.threads, project=not getattr(args, "exact_condition", False))
 
 
 def cmd_translate(args) -> int:
@@ -201,7 +201,7 @@ def cmd_info(args) -> int:
         print(f"  {name:24s} {st['file']:26s} ({io}) -> ({out})")
     print(f"  default temperature: {default_temperature(m):g}"
           + ("" if "sampling" in m else " (the manifest predates sampling.temperature)"))
-    for key in ("image", "tokenizer", "attribute_names", "split", "exporter", "tensorrt"):
+    for key in ("image", "tokenizer", "attribute_names", "split", "exporter", "tensorrt", "condition_bank"):
         if key in m:
             value = {k: v for k, v in m[key].items() if k not in ("files", "plans")} if isinstance(m[key], dict) \
                 else m[key]
@@ -267,6 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="v ~ N(0, T² I) (default: the bundle's, manifest sampling.temperature; 1 samples the "
                         "trained density)")
     t.add_argument("--out", help="grid .png (image bundles) or .npy (latents)")
+    t.add_argument("--exact-condition", action="store_true",
+                   help="sample from the exact source embedding even where it lies off the training conditions "
+                        "(default: projected onto the bundle's condition bank where it has one)")
     e = cmds["edit"]
     e.add_argument("--image", required=True)
     e.add_argument("--attributes-json", help="the input image's attributes: JSON object (or file)")

@@ -1,10 +1,9 @@
 """The bundle contract: schema constants, reading, validation and SHA-256 checks of `engines/NAME/`.
 
 `export` writes bundles with these constants; the runtime reads them. Standard library and numpy only,
-so `python -m export.trt --bundle` works without onnxruntime or torch.
-
-A bundle is a folder with `manifest.json` and the files it names; every named file carries its
-SHA-256 next to its name (stages, tokenizer files, validation arrays, TensorRT plans). Schema 1:
+so `python -m export.trt --bundle` works without onnxruntime or torch. A bundle is a folder with
+`manifest.json` and the files it names; every named file carries its SHA-256 next to its name (stages,
+tokenizer files, validation arrays, condition bank, TensorRT plans). Schema 1:
 
     schema_version  1
     task, source_kind ("text" | "vector" | "image"), latent_dim D, cond_shape [c] or [C, H, W]
@@ -19,6 +18,8 @@ SHA-256 next to its name (stages, tokenizer files, validation arrays, TensorRT p
     validation      {origin, count, files {path: sha256}}
     sampling        {temperature, chosen_by}: `translate`'s default T (v ~ N(0, T² I)), measured per task;
                     a bundle exported before it existed loads with T = 1, what it was always sampled at
+    condition_bank  {files {condition_bank.npy: sha256}, count, min_similarity, chosen_by}, optional: conditions
+                    projected onto the training ones before τ samples (runtime/condition_bank.py)
     source, exporter, warnings, checks; optional attribute_names, split, tensorrt {version, gpu,
     compute_capability, plans {stage: {file, sha256, min_batch, opt_batch, max_batch, seq, workspace_gb}}}
     source.run      the run's name ("attributes/cinn"), never a path of the exporting machine
@@ -27,7 +28,6 @@ SHA-256 next to its name (stages, tokenizer files, validation arrays, TensorRT p
 it reads: types, and every stage tensor's shape against latent_dim, cond_shape and the image sections.
 `check_graph_io` then holds each graph's real I/O to the manifest, and `inside_bundle` refuses links
 out of the bundle before a file is opened. Every failure is a PipelineError naming the file and field.
-
 Fused stages (roles `translate`, `transfer`) and `checks.int8`: docs/bundle.md, "The manifest".
 """
 from __future__ import annotations
@@ -124,7 +124,7 @@ def hashed_files(manifest: dict) -> dict[str, str]:
     files = {s["file"]: s["sha256"] for s in manifest["stages"].values()}
     for s in manifest["stages"].values():
         files.update(s.get("external_data") or {})
-    for section in ("tokenizer", "validation"):
+    for section in ("tokenizer", "validation", "condition_bank"):
         files.update(manifest.get(section, {}).get("files", {}))
     for plan in manifest.get("tensorrt", {}).get("plans", {}).values():
         files[plan["file"]] = plan["sha256"]
@@ -246,12 +246,9 @@ def _check_stage(m: dict, name: str, st) -> None:
 def _check_sampling(m: dict) -> None:
     """`sampling` is optional: bundles exported before it existed sample at temperature 1 (export.onnx always
     writes it; export.trt / fp16 may rewrite an older bundle's manifest and leave it out)."""
-    if "sampling" not in m:
-        return
-    sampling = _need(m, "sampling", dict)
-    problem = temperature_problem(sampling.get("temperature"))
-    if problem:
-        raise _fail("'sampling.temperature'", problem)
+    sampling = _need(m, "sampling", dict) if "sampling" in m else {"temperature": DEFAULT_TEMPERATURE}
+    if temperature_problem(sampling.get("temperature")):
+        raise _fail("'sampling.temperature'", temperature_problem(sampling.get("temperature")))
     if not isinstance(sampling.get("chosen_by", ""), str):
         raise _fail("'sampling.chosen_by'", "must be a string")
 
@@ -300,6 +297,8 @@ def validate_manifest(m, writing: bool = False) -> None:
                               or len(m["cond_shape"]) != 1 or len(names) != m["cond_shape"][0]):
         raise _fail("'attribute_names'", f"must list one name per condition entry ({m['cond_shape']})")
     _check_sampling(m)
+    if "condition_bank" in m:           # its rows are held to count and cond_shape when loaded (ConditionBank)
+        _file_map(_need(m, "condition_bank", dict), "condition_bank.")
     trt = m.get("tensorrt")
     if trt is not None:
         plans = _need(m, "tensorrt", dict).get("plans", {})

@@ -17,6 +17,12 @@ chosen per task by measurement: docs/results.md); bundles exported before that f
 Images are uint8 NHWC at the API; graphs see float NCHW in [-1, 1]: x / 127.5 - 1 going in,
 clip(rint((y + 1) * 127.5), 0, 255) coming out.
 
+Condition projection: a bundle with a `condition_bank` (text2image) replaces, before τ samples, every
+condition less similar to all training conditions than they are to each other by its nearest training one
+(runtime/condition_bank.py; held-out phrasing's samples stop blending values, measured in docs/results.md).
+`translate` then chains (the projection sits between Φ and τ); `residual` / `transfer` keep the exact
+condition (τ⁻¹ must explain the given target); `Pipeline.load(..., project=False)` turns it off.
+
 Fused graphs: where the bundle has a `translate` / `transfer` graph at the precision asked for (export.fuse),
 `translate` (one sample per source) and `transfer` (image targets) run it as one call; otherwise, or with
 `Pipeline.load(..., fused=False)`, the stages are chained. Both give the same results (checked at export
@@ -41,6 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime.backends import OrtBackend, TrtBackend
+from runtime.condition_bank import ConditionBank
 from runtime.inputs import (  # noqa: F401  (images_*: re-exported, callers import them from here)
     as_float_batch,
     check_count,
@@ -70,7 +77,7 @@ class Pipeline(SelfCheck):
     """Load with `Pipeline.load`; see the module docstring for the calls and conventions."""
 
     def __init__(self, bundle_dir: Path, manifest: dict, backend, stages: dict[str, str], max_batch: int,
-                 max_samples: int = MAX_SAMPLES, max_text_length: int = MAX_TEXT_LENGTH):
+                 max_samples: int = MAX_SAMPLES, max_text_length: int = MAX_TEXT_LENGTH, project: bool = True):
         self.bundle_dir, self.manifest, self.backend, self.stages = bundle_dir, manifest, backend, stages
         self.precisions = {role: manifest["stages"][name]["precision"] for role, name in stages.items()}
         self.max_batch, self.max_samples, self.max_text_length = max_batch, max_samples, max_text_length
@@ -81,11 +88,14 @@ class Pipeline(SelfCheck):
         self.default_temperature = default_temperature(manifest)
         self._warned, self._warn_lock = False, threading.Lock()
         self._tokenizer = self._load_tokenizer() if self.source_kind == "text" else None
+        self.condition_bank = ConditionBank.load(bundle_dir, manifest) if project and "condition_bank" in manifest \
+            else None
 
     @classmethod
     def load(cls, bundle_dir: str | Path, backend: str = "auto", device: int = 0, providers=None,
              precision: str = "fp32", max_batch: int = 64, threads: int = 1, fused: bool = True,
-             max_samples: int = MAX_SAMPLES, max_text_length: int = MAX_TEXT_LENGTH) -> "Pipeline":
+             max_samples: int = MAX_SAMPLES, max_text_length: int = MAX_TEXT_LENGTH,
+             project: bool = True) -> "Pipeline":
         """Read and validate the manifest, verify every file's SHA-256, open the stages.
 
         backend: "auto" (TensorRT plans when they exist and match this machine's TensorRT version and
@@ -95,7 +105,8 @@ class Pipeline(SelfCheck):
         fused: use the bundle's fused translate/transfer graphs where it has them (False: always chain).
 
         max_samples: most rows one call may make or take (sources x num_samples); max_text_length:
-        most characters per text. Both are checked before anything is allocated."""
+        most characters per text. Both are checked before anything is allocated.
+        project: sample from conditions projected onto the bundle's condition bank, where it has one."""
         if backend not in BACKENDS:
             raise PipelineError(f"unknown backend '{backend}'; choose one of {', '.join(BACKENDS)}")
         for name, value in (("max_batch", max_batch), ("threads", threads), ("max_samples", max_samples),
@@ -122,7 +133,7 @@ class Pipeline(SelfCheck):
             engine = OrtBackend(bundle_dir, {r: manifest["stages"][n] for r, n in stages.items()}, providers,
                                 device, threads, buffer_rows=max_batch)
         return cls(bundle_dir, manifest, engine, stages, min(max_batch, engine.max_batch or max_batch),
-                   max_samples=max_samples, max_text_length=max_text_length)
+                   max_samples=max_samples, max_text_length=max_text_length, project=project)
 
     # ---- properties of the bundle -------------------------------------------------------------
     @property
@@ -155,11 +166,11 @@ class Pipeline(SelfCheck):
         check_rows(s, self.max_samples, "num_samples")
         rng = seeded_rng(seed)
         # the text encoder runs one row per call (see encode_source), so a fused graph only for a single text
-        if fused and s == 1 and "translate" in self.stages and (
+        if fused and s == 1 and "translate" in self.stages and self.condition_bank is None and (
                 self.source_kind != "text" or len(check_texts(source, self.max_samples, self.max_text_length)) == 1):
             return self._translate_fused(source, lambda n: rng.standard_normal((n, self.latent_dim),
                                                                                dtype=np.float32) * np.float32(t))
-        cond = self.encode_source(source)
+        cond = self.project(self.encode_source(source))
         check_rows(len(cond) * s, self.max_samples, f"{len(cond)} source(s) x {s} samples")
         cond = np.repeat(cond, s, axis=0)
         v = rng.standard_normal((len(cond), self.latent_dim), dtype=np.float32) * np.float32(t)
@@ -233,6 +244,11 @@ class Pipeline(SelfCheck):
             ids, mask = self._tokenize([text])
             out.append(self.backend.run("source_encoder", {"input_ids": ids, "attention_mask": mask})["embedding"])
         return np.concatenate(out)
+
+    def project(self, cond: np.ndarray) -> np.ndarray:
+        """zΦ as τ samples from it: off-support rows replaced by their nearest training condition (the bundle's
+        condition bank; unchanged without one or with `Pipeline.load(..., project=False)`)."""
+        return cond if self.condition_bank is None else self.condition_bank.project(cond)[0]
 
     def flow_forward(self, v, cond) -> np.ndarray:
         """τ: zΘ = τ(v | zΦ); cond is the raw zΦ (N, *cond_shape)."""

@@ -173,7 +173,7 @@ class TranslateModel(_RowModel):
                                     f"{len(sources[-1])}, {len(s)}, {len(t)}")
             seeds.append(s)
             temps.append(t)
-        cond = encode_rows(self.p, sources)
+        cond = self.p.project(encode_rows(self.p, sources))       # as translate: off-support rows projected
         out = self.p._generate(residuals(self.p, np.concatenate(seeds), np.concatenate(temps)), cond)
         return _split(out, self.outputs[0][0], [len(s) for s in seeds])
 

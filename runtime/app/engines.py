@@ -50,7 +50,7 @@ class LocalEngine:
 
     def sample(self, task: str, sources, seeds: list[int], temperature: float) -> np.ndarray:
         p = self.pipeline(task)
-        cond = p.encode_source(sources)
+        cond = p.project(p.encode_source(sources))        # as translate: the bundle's condition bank, if any
         z = p.flow_forward(residuals(p, np.asarray(seeds), np.full(len(seeds), temperature, np.float32)), cond)
         return p.decode_target(z) if p.has_decoder else z
 

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from train.core.common import UserError
+from train.core.condition_bank import load_condition_bank
 from train.data import ATTRIBUTES, GROUPS
 from train.data.captions import load_captions_jsonl, make_caption
 from train.data.latents import sprite_latents
@@ -54,7 +55,8 @@ def _condition(config: dict, attributes: np.ndarray, split: str, seed: int, enco
 def write_grids(run_dir: str | Path, model, num: int = 6, samples: int = 6, seed: int = 0,
                 temperature: float = 1.0) -> None:
     """PNGs in RUN/grids/: attribute edits (Fig. 6), samples per condition, exemplar transfer; for text,
-    captions rendered above their samples (Fig. 1): held-out phrasing (samples.png) and training phrasing."""
+    captions rendered above their samples (Fig. 1): held-out phrasing (samples.png) and training phrasing;
+    text conditions projected onto the run's condition bank where it has one (train/core/condition_bank.py)."""
     translator, config = load_task_run(run_dir)
     out = Path(run_dir) / "grids"
     print(f"writing grids to {out}/")
@@ -82,10 +84,10 @@ def write_grids(run_dir: str | Path, model, num: int = 6, samples: int = 6, seed
         save_grid([[np.full_like(images[0], 255)] + list(images)] + rows, out / "transfer.png",
                   header="exemplar transfer: row = exemplar's v, column = target's attributes", scale=2)
     else:
-        encoder = TextEncoder(config["text_encoder"])
+        encoder, project = TextEncoder(config["text_encoder"]), projection(load_condition_bank(run_dir))
         for split, name in (("heldout", "samples.png"), ("train", "samples_train_phrasing.png")):
             cond, texts = _condition(config, attrs, split, seed, encoder)
-            sampled = to_uint8(translator.sample(cond, samples, seed, temperature))
+            sampled = to_uint8(translator.sample(project(cond), samples, seed, temperature))
             save_grid([list(sampled[i * samples:(i + 1) * samples]) for i in range(num)], out / name,
                       row_titles=texts, header=f"{'held-out' if split == 'heldout' else 'training'}-phrased "
                       "captions -> samples", scale=2)
@@ -134,12 +136,18 @@ def evaluate_attributes(translator, oracle, n: int, seed: int, fid: OracleFID | 
     return result
 
 
+def projection(bank):
+    """zΦ -> zΦ with off-support rows replaced by their nearest training condition; the identity without a bank."""
+    return (lambda c: bank.project(c)[0]) if bank is not None else (lambda c: c)
+
+
 def _score_captions(translator, oracle, encoder, texts, mentioned, seed,
-                    temperature: float = 1.0) -> tuple[float, dict[str, float]]:
+                    temperature: float = 1.0, project=projection(None)) -> tuple[float, dict[str, float]]:
     """The oracle reads one sample per caption. Overall: share of the mentioned attribute entries read as
     mentioned (a mentioned colour contributes its five entries). Per attribute: share of the captions
     mentioning it whose sample shows the mentioned value (a one-hot group such as colour is one attribute)."""
-    return _score_reads(oracle.predict(translator.sample(encoder.encode(texts), 1, seed, temperature)), mentioned)
+    return _score_reads(oracle.predict(translator.sample(project(encoder.encode(texts)), 1, seed, temperature)),
+                        mentioned)
 
 
 def _score_reads(read, mentioned) -> tuple[float, dict[str, float]]:
@@ -154,38 +162,46 @@ def _score_reads(read, mentioned) -> tuple[float, dict[str, float]]:
 
 
 def evaluate_text(translator, oracle, config, n: int, seed: int, captions_file: str | None,
-                  fid: OracleFID | None = None, temperature: float = 1.0) -> dict:
+                  fid: OracleFID | None = None, temperature: float = 1.0, bank=None) -> dict:
     """With `fid`: also `fid` of the samples of the held-out-phrased captions (one per test sprite), and
     `fid_train_phrasing` of those of training-phrased captions of the same sprites (`train_phrasing_*`:
-    their accuracy). Every sample draws v ~ N(0, temperature² I)."""
-    encoder = TextEncoder(config["text_encoder"])
+    their accuracy). Every sample draws v ~ N(0, temperature² I), from conditions projected onto `bank`
+    (a ConditionBank, or None: the exact caption embeddings); `condition_projection` says how many moved."""
+    encoder, project = TextEncoder(config["text_encoder"]), projection(bank)
     start = SPLITS["test"][0]
     _, attrs, _ = render_batch(range(start, start + n), "test", translator.ae.image_size)
     rng = np.random.default_rng(seed)
     pairs = [make_caption(a, rng, "heldout") for a in attrs]
-    samples = translator.sample(encoder.encode([p[0] for p in pairs]), 1, seed, temperature)
+    cond = encoder.encode([p[0] for p in pairs])
+    samples = translator.sample(project(cond), 1, seed, temperature)
     acc, per = _score_reads(oracle.predict(samples), [p[1] for p in pairs])
     result = {"heldout_attribute_accuracy": acc, "heldout_per_attribute": per}
     # the same sprites in training phrasing (as many partial captions): what the language costs, apart
     train_pairs = [make_caption(a, rng, "train") for a in attrs]
-    train_samples = translator.sample(encoder.encode([p[0] for p in train_pairs]), 1, seed, temperature)
+    train_cond = encoder.encode([p[0] for p in train_pairs])
+    train_samples = translator.sample(project(train_cond), 1, seed, temperature)
     acc, per = _score_reads(oracle.predict(train_samples), [p[1] for p in train_pairs])
     result.update(train_phrasing_attribute_accuracy=acc, train_phrasing_per_attribute=per)
     if fid is not None:
         result.update(fid=fid(samples), fid_train_phrasing=fid(train_samples))
+    result["condition_projection"] = "exact (no condition bank)" if bank is None else {
+        **bank.describe(), "moved_heldout": float(bank.project(cond)[1].float().mean()),
+        "moved_train_phrasing": float(bank.project(train_cond)[1].float().mean())}
     cond, _ = _condition(config, attrs[:50], "heldout", seed, encoder)
-    result["diversity"] = diversity(translator, cond, 8, seed, temperature)
+    result["diversity"] = diversity(translator, project(cond), 8, seed, temperature)
     if captions_file:
         items = load_captions_jsonl(captions_file)
         acc, per = _score_captions(translator, oracle, encoder, [t for t, _ in items], [m for _, m in items], seed,
-                                   temperature)
+                                   temperature, project)
         result.update(caption_attribute_accuracy=acc, caption_per_attribute=per)
     return result
 
 
-def evaluate_run(req, temperature: float = 1.0) -> dict:
+def evaluate_run(req, temperature: float = 1.0, exact_condition: bool = False) -> dict:
     """`python -m train.evaluate --task attributes|text2image --run runs/<task>/cinn --json` (an EvalRequest);
-    samples at `temperature` (train/tasks/sprites.py passes the task's default unless --temperature is given)."""
+    samples at `temperature` (train/tasks/sprites.py passes the task's default unless --temperature is given).
+    text2image samples from conditions projected onto the run's condition bank where it has one (also for the
+    MLP baseline beside it: the same training conditions), unless `exact_condition`."""
     run = Path(req.run)
     translator, config = load_task_run(run)
     if req.captions and config["task"] != "text2image":
@@ -193,11 +209,12 @@ def evaluate_run(req, temperature: float = 1.0) -> dict:
     oracle = ensure_oracle(req.oracle, translator.ae.image_size)
     n = req.num_images
     fid = OracleFID(oracle, n, translator.ae.image_size)
+    bank = None if exact_condition else load_condition_bank(run)
 
     def one(t):
         if config["task"] == "attributes":
             return evaluate_attributes(t, oracle, n, req.seed, fid, temperature)
-        return evaluate_text(t, oracle, config, n, req.seed, req.captions, fid, temperature)
+        return evaluate_text(t, oracle, config, n, req.seed, req.captions, fid, temperature, bank)
 
     start = SPLITS["test"][0]
     real = render_batch(range(start, start + n), "test", translator.ae.image_size)[0]

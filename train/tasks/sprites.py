@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from train.core.condition_bank import write_condition_bank
 from train.core.presets import derive, select
 from train.data import ATTRIBUTES
 from train.data.latents import caption_pool, embed_captions, sprite_latents
@@ -154,21 +155,34 @@ def _grids(result: RunResult) -> None:
     write_grids(result.run, result.model, temperature=SAMPLING[result.request.task]["temperature"])
 
 
+def _text_after_training(result: RunResult) -> None:
+    """The run's condition bank (its training-caption embeddings: evaluation, grids and bundles project held-out
+    phrasing onto them, docs/results.md "Projecting the condition"), then the grids."""
+    _, cond = caption_embeddings(result.request.options, result.request.data, result.request.seed)
+    bank = write_condition_bank(result.run, cond, f"text2image training captions {tuple(cond.shape[:2])}")
+    print(f"condition bank: {len(bank.conditions)} training conditions, min similarity {bank.min_similarity:.3f}")
+    _grids(result)
+
+
 @dataclass
 class SpriteEval:
     """Evaluation options of attributes / text2image (--captions is a generic flag of train.evaluate)."""
     temperature: float | None = option(help="sampling temperature of every sample (default: the task's, "
                                             "SAMPLING in train/tasks/sprites.py)", type=float)
+    condition: str = option("projected", "text2image: sample from captions projected onto the run's training "
+                            "conditions where it has RUN/condition_bank.safetensors (projected), or from their exact "
+                            "embeddings (exact)", choices=("projected", "exact"))
 
 
 def _evaluate(req) -> dict:
     t = req.options.temperature
-    return evaluate_run(req, SAMPLING[req.config["task"]]["temperature"] if t is None else t)
+    return evaluate_run(req, SAMPLING[req.config["task"]]["temperature"] if t is None else t,
+                        exact_condition=req.options.condition == "exact")
 
 
 TASKS = {
     "attributes": Task("attributes", "attribute vector -> sprites AE (editing, Fig. 6)", _attributes_pairs,
                        ATTRIBUTE_PRESETS, SpriteOptions, sprite_experts, _grids, _evaluate, SpriteEval),
     "text2image": Task("text2image", "MiniLM sentence embedding -> sprites AE (Fig. 1 style)", _text_pairs,
-                       TEXT_PRESETS, SpriteOptions, sprite_experts, _grids, _evaluate, SpriteEval),
+                       TEXT_PRESETS, SpriteOptions, sprite_experts, _text_after_training, _evaluate, SpriteEval),
 }
