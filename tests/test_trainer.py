@@ -108,6 +108,24 @@ def test_weight_decay_flag_and_noise_floor_change_training(pairs_dir, monkeypatc
         cinn.main(train_args(pairs_dir, pairs_dir / "neg", "--weight-decay", "-1"))
 
 
+def test_noise_decay_can_end_early(pairs_dir, monkeypatch):
+    from train.core.presets import FEATURE_PRESETS
+    from train.core.translator import TrainConfig
+    cinn.main(train_args(pairs_dir, pairs_dir / "plain", "--target-noise", "0.5"))
+    monkeypatch.setitem(FEATURE_PRESETS["smoke"]["train"], "target_noise_until", 1.0)
+    cinn.main(train_args(pairs_dir, pairs_dir / "full", "--target-noise", "0.5"))
+    monkeypatch.setitem(FEATURE_PRESETS["smoke"]["train"], "target_noise_until", 0.5)
+    cinn.main(train_args(pairs_dir, pairs_dir / "early", "--target-noise", "0.5"))
+    runs = {name: load_tensors(pairs_dir / name / "checkpoint.safetensors") for name in ("plain", "full", "early")}
+    weights = [k for k in runs["plain"] if k.startswith("model.blocks")]
+    assert all(torch.equal(runs["plain"][k], runs["full"][k]) for k in weights)       # 1 = the schedule as before
+    assert not all(torch.equal(runs["plain"][k], runs["early"][k]) for k in weights)
+    assert json.loads((pairs_dir / "early" / "config.json").read_text())["train"]["target_noise_until"] == 0.5
+    for bad in (0.0, 1.5):
+        with pytest.raises(UserError, match="target_noise_until"):
+            TrainConfig(target_noise_until=bad)
+
+
 def test_non_finite_loss_stops_without_writing(pairs_dir, monkeypatch):
     original_batch = TensorPairs.batch
 

@@ -54,9 +54,15 @@ class TrainConfig:
     # per-dimension std, decaying linearly to `target_noise_final` at the last (0 = off). See `train` below.
     target_noise: float = 0.0
     target_noise_final: float = 0.0
+    target_noise_until: float = 1.0  # share of the steps the decay takes; the floor holds after it (1 = the last)
     # cINN only: std of Gaussian noise added to each training condition zΦ, in units of its per-dimension
     # std (dimensions that never vary get none); constant over training (0 = off). See `train` below.
     cond_noise: float = 0.0
+
+    def __post_init__(self):
+        if not 0 < self.target_noise_until <= 1:
+            raise UserError(f"target_noise_until is the share of the steps the target noise decays over: "
+                            f"choose a value in (0, 1], got {self.target_noise_until}")
 
 
 class PairSource(Protocol):
@@ -219,7 +225,8 @@ def train(kind: str, model_cfg: dict, cfg: TrainConfig, source: PairSource, out_
             # direction variance to spread over N(0, I) while the flow takes shape; it decays to 0 so the
             # final τ fits the clean targets (constant noise left v on clean data at std 0.5 and
             # predictive of c). Validation stays on the clean targets.
-            sigma = cfg.target_noise_final + (cfg.target_noise - cfg.target_noise_final) * (1 - step / cfg.steps)
+            left = max(0.0, 1 - step / (cfg.target_noise_until * cfg.steps))
+            sigma = cfg.target_noise_final + (cfg.target_noise - cfg.target_noise_final) * left
             z = z + sigma * model.target_std * torch.randn(z.shape, generator=gen).to(device)
         if cond_scale is not None:
             # Directions in which the training conditions barely vary carry little meaning, but whitening
