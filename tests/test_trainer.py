@@ -176,10 +176,8 @@ def test_torchrun_two_cpu_processes(pairs_dir):
 
 
 def test_weight_average_is_kept_and_resumes_exactly(pairs_dir, monkeypatch):
-    from train.core.presets import FEATURE_PRESETS
-    cinn.main(train_args(pairs_dir, pairs_dir / "plain"))
-    monkeypatch.setitem(FEATURE_PRESETS["smoke"]["train"], "ema", 0.9)
-    cinn.main(train_args(pairs_dir, pairs_dir / "ema"))
+    cinn.main(train_args(pairs_dir, pairs_dir / "plain", "--ema", "0"))
+    cinn.main(train_args(pairs_dir, pairs_dir / "ema", "--ema", "0.9"))
     plain = load_tensors(pairs_dir / "plain" / "checkpoint.safetensors")
     averaged = load_tensors(pairs_dir / "ema" / "checkpoint.safetensors")
     weights = [k for k in plain if k.startswith("model.blocks")]
@@ -198,8 +196,9 @@ def test_weight_average_is_kept_and_resumes_exactly(pairs_dir, monkeypatch):
 
     monkeypatch.setattr(TensorPairs, "batch", crashing_batch)
     with pytest.raises(KeyboardInterrupt):
-        cinn.main(train_args(pairs_dir, pairs_dir / "cut"))
+        cinn.main(train_args(pairs_dir, pairs_dir / "cut", "--ema", "0.9"))
     monkeypatch.setattr(TensorPairs, "batch", original_batch)
-    cinn.main(train_args(pairs_dir, pairs_dir / "cut", "--resume"))
+    cinn.main(train_args(pairs_dir, pairs_dir / "cut", "--ema", "0.9", "--resume"))
     cut = load_tensors(pairs_dir / "cut" / "checkpoint.safetensors")
     assert all(torch.equal(averaged[k], cut[k]) for k in averaged if k.startswith(("ema.", "best.")))
+    assert json.loads((pairs_dir / "ema" / "config.json").read_text())["train"]["ema"] == 0.9

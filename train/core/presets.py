@@ -48,6 +48,7 @@ class TrainOverrides:
     target_noise: float | None = None
     cond_noise: float | None = None
     weight_decay: float | None = None
+    ema: float | None = None
 
 
 def select(presets: dict, name: str, task: str) -> Preset:
@@ -92,5 +93,9 @@ def train_config(preset: Preset, seed: int, overrides: TrainOverrides) -> TrainC
             if not math.isfinite(value) or value < 0:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 0 and finite, got {value}")
             setattr(cfg, name, value)
+    if overrides.ema is not None:
+        if not 0 <= overrides.ema < 1:                           # NaN fails this too
+            raise UserError(f"--ema must be in [0, 1) (0 = off, e.g. 0.999), got {overrides.ema}")
+        cfg.ema = overrides.ema
     cfg.warmup = min(cfg.warmup, max(1, cfg.steps // 10))
     return cfg
