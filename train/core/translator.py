@@ -58,7 +58,8 @@ class TrainConfig:
     # std (dimensions that never vary get none); constant over training (0 = off). See `train` below.
     cond_noise: float = 0.0
     # exponential moving average of the weights (Polyak averaging; 0 = off): validation, the best-validation
-    # pick and the run's weights use the average, decay min(ema, (1 + t) / (10 + t)) at step t
+    # pick and the run's weights use the average, decay min(ema, (1 + t) / (10 + t)) at step t - the second
+    # term (a window growing with t) rules until t = 9000 for ema 0.999, so 0.999 and 0.9995 give the same run
     ema: float = 0.0
 
 
