@@ -400,6 +400,7 @@ TRAIN_CLI = {
     "noise_nan": (["--target-noise", "nan"], "--target-noise must be >= 0 and finite"),
     "cond_noise_nan": (["--cond-noise", "nan"], "--cond-noise must be >= 0 and finite"),
     "weight_decay_inf": (["--weight-decay", "inf"], "--weight-decay must be >= 0 and finite"),
+    "ema_one": (["--ema", "1"], "--ema must be in [0, 1)"),
     "unknown_option": (["--stepz", "3"], "unrecognized arguments: --stepz 3"),
 }
 

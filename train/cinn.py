@@ -35,6 +35,9 @@ def build_parser(task=None) -> argparse.ArgumentParser:
                     help="override the preset's training noise on zΦ (cINN; in per-dimension std units, 0 = off)")
     ap.add_argument("--weight-decay", type=float,
                     help="override the preset's decoupled (AdamW) weight decay (0 = off)")
+    ap.add_argument("--ema", type=float,
+                    help="override the preset's weight averaging: decay of the moving average that is validated "
+                         "and kept (0 = off, e.g. 0.999)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--resume", action="store_true", help="continue the run in --out exactly where it stopped")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -47,7 +50,7 @@ def main(argv=None):
     task = resolve_task(peek(argv, "--task")["task"])
     args = build_parser(task).parse_args(argv)
     overrides = TrainOverrides(args.steps, args.batch_size, args.lr, args.target_noise, cond_noise=args.cond_noise,
-                               weight_decay=args.weight_decay)
+                               weight_decay=args.weight_decay, ema=args.ema)
     request = TrainRequest(task, options_from(args, task.options), args.preset, args.model, args.seed, args.out,
                            args.resume, args.device, overrides, task_ref=None if args.task in BUILTIN else args.task)
     train_task(request)

@@ -24,8 +24,11 @@ FEATURE_PRESETS = {
     # 0.5 improved every generator (`other` 0.026, `neardet` 0.276 -> 0.225, `wide` 0.183 -> 0.151)
     # cond_affine "first": a condition-only affine layer before the blocks; better on neardet and heavy at two
     # seeds (-0.005/-0.008, -0.002/-0.004 nats/dim), no generator worse by more than 0.0023 (seed noise)
+    # ema 0.999: validating and keeping the moving average of the weights improved all seven at two seeds
+    # (wide -0.012/-0.010, the others -0.000..-0.004 nats/dim) for ~2 % time per step
     "default": {"flow": {"num_blocks": 6, "hidden": 256, "depth": 2, "cond_affine": "first"},
-                "train": {"steps": 3000, "batch_size": 256, "lr": 1e-3, "weight_decay": 0.5, "val_every": 100}},
+                "train": {"steps": 3000, "batch_size": 256, "lr": 1e-3, "weight_decay": 0.5, "ema": 0.999,
+                          "val_every": 100}},
     "paper": {"flow": {"num_blocks": 20, "hidden": "8d", "depth": 4},
               "train": {"steps": 20000, "batch_size": 25, "lr": 1e-4}},
 }
@@ -48,6 +51,7 @@ class TrainOverrides:
     target_noise: float | None = None
     cond_noise: float | None = None
     weight_decay: float | None = None
+    ema: float | None = None
 
 
 def select(presets: dict, name: str, task: str) -> Preset:
@@ -92,5 +96,9 @@ def train_config(preset: Preset, seed: int, overrides: TrainOverrides) -> TrainC
             if not math.isfinite(value) or value < 0:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 0 and finite, got {value}")
             setattr(cfg, name, value)
+    if overrides.ema is not None:
+        if not 0 <= overrides.ema < 1:                           # NaN fails this too
+            raise UserError(f"--ema must be in [0, 1) (0 = off, e.g. 0.999), got {overrides.ema}")
+        cfg.ema = overrides.ema
     cfg.warmup = min(cfg.warmup, max(1, cfg.steps // 10))
     return cfg
