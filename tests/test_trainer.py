@@ -72,21 +72,7 @@ def test_target_noise_changes_training_and_resumes_exactly(pairs_dir, monkeypatc
     assert all(torch.equal(runs["plain"][k], runs["zero"][k]) for k in weights)        # 0 = off
     assert not all(torch.equal(runs["plain"][k], runs["noisy"][k]) for k in weights)
     assert json.loads((pairs_dir / "noisy" / "config.json").read_text())["train"]["target_noise"] == 0.5
-    original_batch = TensorPairs.batch
-    calls = {"n": 0}
-
-    def crashing_batch(self, size, generator):
-        calls["n"] += 1
-        if calls["n"] == 15:
-            raise KeyboardInterrupt
-        return original_batch(self, size, generator)
-
-    monkeypatch.setattr(TensorPairs, "batch", crashing_batch)
-    with pytest.raises(KeyboardInterrupt):
-        cinn.main(train_args(pairs_dir, pairs_dir / "cut", "--target-noise", "0.5"))
-    monkeypatch.setattr(TensorPairs, "batch", original_batch)
-    cinn.main(train_args(pairs_dir, pairs_dir / "cut", "--target-noise", "0.5", "--resume"))
-    cut = load_tensors(pairs_dir / "cut" / "checkpoint.safetensors")
+    cut = _interrupted_then_resumed(pairs_dir, monkeypatch, "--target-noise", "0.5")
     assert all(torch.equal(runs["noisy"][k], cut[k]) for k in weights)   # resume repeats the same noise draws
     with pytest.raises(UserError, match="--target-noise must be >= 0"):
         cinn.main(train_args(pairs_dir, pairs_dir / "neg", "--target-noise", "-1"))
@@ -203,6 +189,13 @@ def test_weight_average_is_kept_and_resumes_exactly(pairs_dir, monkeypatch):
     assert all(torch.equal(plain[k], averaged[k]) for k in weights)
     assert any(k.startswith("ema.") for k in averaged) and not any(k.startswith("ema.") for k in plain)
     assert not all(torch.equal(plain["best." + k[6:]], averaged["best." + k[6:]]) for k in weights)
+    cut = _interrupted_then_resumed(pairs_dir, monkeypatch, "--ema", "0.9")
+    assert all(torch.equal(averaged[k], cut[k]) for k in averaged if k.startswith(("ema.", "best.")))
+    assert json.loads((pairs_dir / "ema" / "config.json").read_text())["train"]["ema"] == 0.9
+
+
+def _interrupted_then_resumed(pairs_dir, monkeypatch, *flags) -> dict:
+    """The checkpoint of a run stopped by Ctrl-C at its 15th batch and then resumed with the same flags."""
     original_batch = TensorPairs.batch
     calls = {"n": 0}
 
@@ -214,9 +207,7 @@ def test_weight_average_is_kept_and_resumes_exactly(pairs_dir, monkeypatch):
 
     monkeypatch.setattr(TensorPairs, "batch", crashing_batch)
     with pytest.raises(KeyboardInterrupt):
-        cinn.main(train_args(pairs_dir, pairs_dir / "cut", "--ema", "0.9"))
+        cinn.main(train_args(pairs_dir, pairs_dir / "cut", *flags))
     monkeypatch.setattr(TensorPairs, "batch", original_batch)
-    cinn.main(train_args(pairs_dir, pairs_dir / "cut", "--ema", "0.9", "--resume"))
-    cut = load_tensors(pairs_dir / "cut" / "checkpoint.safetensors")
-    assert all(torch.equal(averaged[k], cut[k]) for k in averaged if k.startswith(("ema.", "best.")))
-    assert json.loads((pairs_dir / "ema" / "config.json").read_text())["train"]["ema"] == 0.9
+    cinn.main(train_args(pairs_dir, pairs_dir / "cut", *flags, "--resume"))
+    return load_tensors(pairs_dir / "cut" / "checkpoint.safetensors")
