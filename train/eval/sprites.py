@@ -168,25 +168,32 @@ def evaluate_text(translator, oracle, config, n: int, seed: int, captions_file: 
     their accuracy). Every sample draws v ~ N(0, temperature² I), from conditions projected onto `bank`
     (a ConditionBank, or None: the exact caption embeddings); `condition_projection` says how many moved."""
     encoder, project = TextEncoder(config["text_encoder"]), projection(bank)
+    moved: dict[str, float] = {}
+
+    def project_counted(c, key: str):           # projects once and keeps the share of rows it moved
+        if bank is None:
+            return c
+        c, rows = bank.project(c)
+        moved[key] = float(rows.float().mean())
+        return c
+
     start = SPLITS["test"][0]
     _, attrs, _ = render_batch(range(start, start + n), "test", translator.ae.image_size)
     rng = np.random.default_rng(seed)
     pairs = [make_caption(a, rng, "heldout") for a in attrs]
     cond = encoder.encode([p[0] for p in pairs])
-    samples = translator.sample(project(cond), 1, seed, temperature)
+    samples = translator.sample(project_counted(cond, "moved_heldout"), 1, seed, temperature)
     acc, per = _score_reads(oracle.predict(samples), [p[1] for p in pairs])
     result = {"heldout_attribute_accuracy": acc, "heldout_per_attribute": per}
     # the same sprites in training phrasing (as many partial captions): what the language costs, apart
     train_pairs = [make_caption(a, rng, "train") for a in attrs]
     train_cond = encoder.encode([p[0] for p in train_pairs])
-    train_samples = translator.sample(project(train_cond), 1, seed, temperature)
+    train_samples = translator.sample(project_counted(train_cond, "moved_train_phrasing"), 1, seed, temperature)
     acc, per = _score_reads(oracle.predict(train_samples), [p[1] for p in train_pairs])
     result.update(train_phrasing_attribute_accuracy=acc, train_phrasing_per_attribute=per)
     if fid is not None:
         result.update(fid=fid(samples), fid_train_phrasing=fid(train_samples))
-    result["condition_projection"] = "exact (no condition bank)" if bank is None else {
-        **bank.describe(), "moved_heldout": float(bank.project(cond)[1].float().mean()),
-        "moved_train_phrasing": float(bank.project(train_cond)[1].float().mean())}
+    result["condition_projection"] = "exact (no condition bank)" if bank is None else {**bank.describe(), **moved}
     cond, _ = _condition(config, attrs[:50], "heldout", seed, encoder)
     result["diversity"] = diversity(translator, project(cond), 8, seed, temperature)
     if captions_file:
