@@ -32,6 +32,7 @@ checks.int8 says why.
 Sampling temperature (manifest `sampling`): what `runtime.Pipeline.translate` uses when given none. A task's
 experts may name one chosen by measurement (`Experts.info["sampling"] = {temperature, chosen_by}`; attributes
 and text2image do: docs/results.md); else 1 (v ~ N(0, I), the trained density). `--temperature T` overrides.
+An optional `best_of` there (draws per sample, the most likely kept: train/core/selection.py) travels as is.
 
 Condition bank (manifest `condition_bank`, file condition_bank.npy): a run with RUN/condition_bank.safetensors
 (text2image) ships its training conditions, onto which `Pipeline.translate` projects off-support conditions
@@ -239,14 +240,17 @@ def export_bundle(model: ConditionalINN, experts: Experts, out: str | Path, *, t
 
 def sampling_section(experts: Experts, temperature: float | None = None) -> dict:
     """The manifest's `sampling`: an explicit temperature, else the task's measured choice, else 1."""
+    chosen = experts.info.get("sampling")
+    # draws per sample (the most likely kept), the task's measured choice whatever the temperature; 1 is left out
+    best_of = {"best_of": int(chosen["best_of"])} if chosen and chosen.get("best_of", 1) != 1 else {}
     if temperature is not None:
         problem = temperature_problem(temperature)
         if problem:
             raise UserError(f"--temperature {problem}")
-        return {"temperature": float(temperature), "chosen_by": "set at export (--temperature)"}
-    chosen = experts.info.get("sampling")
+        return {"temperature": float(temperature), "chosen_by": "set at export (--temperature)", **best_of}
     if chosen:
-        return {"temperature": float(chosen["temperature"]), "chosen_by": str(chosen.get("chosen_by", "the task"))}
+        return {"temperature": float(chosen["temperature"]), "chosen_by": str(chosen.get("chosen_by", "the task")),
+                **best_of}
     return {"temperature": DEFAULT_TEMPERATURE, "chosen_by": "no measured choice for this task: v ~ N(0, I)"}
 
 

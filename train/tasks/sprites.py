@@ -159,7 +159,8 @@ def sprite_experts(config: dict) -> Experts:
 
 
 def _grids(result: RunResult) -> None:
-    write_grids(result.run, result.model, temperature=SAMPLING[result.request.task]["temperature"])
+    chosen = SAMPLING[result.request.task]
+    write_grids(result.run, result.model, temperature=chosen["temperature"], best_of=chosen.get("best_of", 1))
 
 
 def _text_after_training(result: RunResult) -> None:
@@ -176,15 +177,18 @@ class SpriteEval:
     """Evaluation options of attributes / text2image (--captions is a generic flag of train.evaluate)."""
     temperature: float | None = option(help="sampling temperature of every sample (default: the task's, "
                                             "SAMPLING in train/tasks/sprites.py)", type=float)
+    best_of: int | None = option(help="draws per sample, keeping the one the cINN finds most likely (default: the "
+                                      "task's, SAMPLING in train/tasks/sprites.py; 1 = plain sampling)", type=int)
     condition: str = option("projected", "text2image: sample from captions projected onto the run's training "
                             "conditions where it has RUN/condition_bank.safetensors (projected), or from their exact "
                             "embeddings (exact)", choices=("projected", "exact"))
 
 
 def _evaluate(req) -> dict:
-    t = req.options.temperature
-    return evaluate_run(req, SAMPLING[req.config["task"]]["temperature"] if t is None else t,
-                        exact_condition=req.options.condition == "exact")
+    t, n, chosen = req.options.temperature, req.options.best_of, SAMPLING[req.config["task"]]
+    return evaluate_run(req, chosen["temperature"] if t is None else t,
+                        exact_condition=req.options.condition == "exact",
+                        best_of=chosen.get("best_of", 1) if n is None else n)
 
 
 TASKS = {

@@ -1,0 +1,111 @@
+"""Sampling-time selection (train/core/selection.py, runtime.Pipeline.translate(best_of=...)): each sample is the
+most likely of n draws under τ; n = 1 is plain sampling; a row's result depends only on its own draws; the
+runtime picks the same candidates as PyTorch from the same draws. Bundles come from test_export's builders."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from test_export import copy_bundle
+
+from runtime import Pipeline, PipelineError
+from runtime.inputs import seeded_rng
+from runtime.manifest import MANIFEST
+from train.core.selection import log_density, pick_best, sample_best_of
+from train.core.translator import load_translator
+
+
+@pytest.fixture(scope="module")
+def flow(bundles):
+    return load_translator(bundles.features_run())[0].eval()
+
+
+def conditions(model, n=5, seed=0):
+    return model.random_conditions(n, torch.Generator().manual_seed(seed))
+
+
+def test_best_of_1_is_plain_sampling(flow):
+    c = conditions(flow)
+    plain = flow.sample(c, 3, 1.3, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(sample_best_of(flow, c, 3, 1.3, 1, torch.Generator().manual_seed(7)), plain)
+
+
+def test_keeps_the_most_likely_of_each_rows_own_candidates(flow):
+    c, n, s = conditions(flow), 4, 2
+    out = sample_best_of(flow, c, s, 1.3, n, torch.Generator().manual_seed(3))
+    cand = flow.sample(c, s * n, 1.3, generator=torch.Generator().manual_seed(3)).view(len(c) * s, n, -1)
+    score = log_density(flow, cand.reshape(len(c) * s * n, -1), c.repeat_interleave(s * n, 0)).view(-1, n)
+    best = score.argmax(1)
+    assert torch.equal(out, cand[torch.arange(len(best)), best])
+    assert len(set(best.tolist())) > 1                  # the choice varies: the test could fail
+    # the kept sample is at least as likely as every other candidate of its row
+    kept = log_density(flow, out, c.repeat_interleave(s, 0))
+    assert torch.all(kept[:, None] >= score - 1e-4)
+
+
+def test_a_rows_result_depends_only_on_its_own_draws_and_the_seed(flow):
+    c = conditions(flow)
+    a = sample_best_of(flow, c, 2, 1.5, 4, torch.Generator().manual_seed(11))
+    assert torch.equal(a, sample_best_of(flow, c, 2, 1.5, 4, torch.Generator().manual_seed(11)))
+    assert not torch.allclose(a, sample_best_of(flow, c, 2, 1.5, 4, torch.Generator().manual_seed(12)))
+    other = c.clone()
+    other[1:] = conditions(flow, 4, seed=9)              # every other row's condition changed
+    b = sample_best_of(flow, other, 2, 1.5, 4, torch.Generator().manual_seed(11))
+    assert torch.equal(a[:2], b[:2]) and not torch.allclose(a[2:], b[2:])
+
+
+def test_pick_best_and_bad_counts():
+    z = torch.arange(12.0).view(6, 2)
+    assert torch.equal(pick_best(z, torch.tensor([0.0, 2, 1, 5, 4, 3]), 3), z[[1, 3]])
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="best_of must be an integer >= 1"):
+            sample_best_of(None, torch.zeros(1, 4), 1, 1.0, bad)
+
+
+def test_runtime_picks_what_pytorch_picks_from_the_same_draws(bundles, flow):
+    p = Pipeline.load(bundles.get("features"))
+    cond = conditions(flow).numpy()
+    s, n, t = 2, 4, 1.3
+    z = p.translate(cond, num_samples=s, seed=5, temperature=t, best_of=n)    # no decoder: latents (N*S, D)
+    v = seeded_rng(5).standard_normal((len(cond) * s * n, p.latent_dim), dtype=np.float32) * np.float32(t)
+    c = torch.from_numpy(cond).repeat_interleave(s * n, 0)
+    with torch.no_grad():
+        cand = flow.forward(torch.from_numpy(v), c)
+    score = log_density(flow, cand, c)
+    ref = pick_best(cand, score, n).numpy()
+    assert len(set(score.view(-1, n).argmax(1).tolist())) > 1
+    np.testing.assert_allclose(z, ref, rtol=1e-4, atol=1e-4)
+    assert np.array_equal(z, p.translate(cond, num_samples=s, seed=5, temperature=t, best_of=n))
+    # best_of=1 is the plain draw; the first source's samples do not depend on the second's
+    assert np.array_equal(p.translate(cond, num_samples=s, seed=5, temperature=t, best_of=1),
+                          p.translate(cond, num_samples=s, seed=5, temperature=t))
+    for bad in (0, 1.5, True, 65):
+        with pytest.raises(PipelineError, match="best_of must be an integer >= 1"):
+            p.translate(cond, seed=5, best_of=bad)
+
+
+def test_the_manifest_default_and_old_bundles(bundles, tmp_path):
+    src = bundles.get("attributes")
+    chosen = copy_bundle(src, tmp_path / "chosen")
+    m = json.loads((chosen / MANIFEST).read_text())
+    m["sampling"] = {**m["sampling"], "best_of": 3}
+    (chosen / MANIFEST).write_text(json.dumps(m))
+    p, plain = Pipeline.load(chosen), Pipeline.load(src)
+    assert p.default_best_of == 3 and plain.default_best_of == 1      # absent: plain sampling, as before
+    c = np.eye(p.cond_shape[0], dtype=np.float32)[[0, 2, 4]]
+    assert np.array_equal(p.translate(c, num_samples=2, seed=1), plain.translate(c, num_samples=2, seed=1, best_of=3))
+    assert np.array_equal(p.translate(c, seed=1, best_of=1), plain.translate(c, seed=1))
+    for bad in (0, "4", 2.0, 100):
+        m["sampling"]["best_of"] = bad
+        (chosen / MANIFEST).write_text(json.dumps(m))
+        with pytest.raises(PipelineError, match="'sampling.best_of'"):
+            Pipeline.load(chosen)
+
+
+def test_export_carries_the_tasks_best_of():
+    from export.onnx import sampling_section
+    from train.experts.base import Experts
+    chosen = Experts(info={"sampling": {"temperature": 1.5, "chosen_by": "docs", "best_of": 4}})
+    assert sampling_section(chosen) == {"temperature": 1.5, "chosen_by": "docs", "best_of": 4}
+    assert sampling_section(chosen, 1.0)["best_of"] == 4            # an explicit temperature keeps the choice
+    assert "best_of" not in sampling_section(Experts(info={"sampling": {"temperature": 1.5}}))
