@@ -6,7 +6,7 @@ import numbers
 
 import numpy as np
 
-from runtime.manifest import PipelineError, best_of_problem
+from runtime.manifest import PipelineError
 
 
 def images_to_model(images: np.ndarray) -> np.ndarray:
@@ -106,12 +106,6 @@ def check_temperature(t) -> float:
     if isinstance(t, bool) or not isinstance(t, numbers.Real) or not np.isfinite(t) or t <= 0:
         raise PipelineError(f"temperature must be a finite number > 0, got {t!r}")
     return float(t)
-
-
-def check_best_of(n) -> int:
-    if best_of_problem(n):
-        raise PipelineError(f"best_of {best_of_problem(n)}")
-    return int(n)
 
 
 def seeded_rng(seed) -> np.random.Generator:

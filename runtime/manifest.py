@@ -16,9 +16,8 @@ tokenizer files, validation arrays, condition bank, TensorRT plans). Schema 1:
     source_image    same, for image sources
     tokenizer       {files {path: sha256}, max_tokens, pad_id}               (text sources)
     validation      {origin, count, files {path: sha256}}
-    sampling        {temperature, chosen_by, optional best_of}: `translate`'s default T (v ~ N(0, T² I)) and
-                    draws per sample (the most likely kept; absent: 1), measured per task; a bundle exported
-                    before it existed loads with T = 1, what it was always sampled at
+    sampling        {temperature, chosen_by[, best_of]}: `translate`'s default T (v ~ N(0, T² I)) and draws per
+                    sample, measured per task (runtime/sampling.py); absent: T = 1, as always sampled before
     condition_bank  {files {condition_bank.npy: sha256}, count, min_similarity, chosen_by}, optional: conditions
                     projected onto the training ones before τ samples (runtime/condition_bank.py)
     source, exporter, warnings, checks; optional attribute_names, split, tensorrt {version, gpu,
@@ -64,7 +63,6 @@ ROLES = ("source_encoder", *STAGE_IO, *FUSED_ROLES)
 
 DEFAULT_TEMPERATURE = 1.0        # bundles without a `sampling` section: what they were always sampled at
 MAX_TEMPERATURE = 10.0            # v ~ N(0, T² I); beyond this a translator is far outside what it was trained on
-MAX_BEST_OF = 64                  # candidates per sample (τ and τ⁻¹ run on all of them)
 
 
 class PipelineError(ValueError):
@@ -103,18 +101,6 @@ def stage_io(role: str, source_kind: str, decoder: bool = True) -> tuple[tuple[s
 def default_temperature(manifest: dict) -> float:
     """The bundle's default sampling temperature (`sampling.temperature`, DEFAULT_TEMPERATURE if absent)."""
     return float(manifest.get("sampling", {}).get("temperature", DEFAULT_TEMPERATURE))
-
-
-def default_best_of(manifest: dict) -> int:
-    """Draws per sample `translate` keeps the most likely of (`sampling.best_of`; 1 = plain sampling if absent)."""
-    return int(manifest.get("sampling", {}).get("best_of", 1))
-
-
-def best_of_problem(n) -> str | None:
-    """Why `n` is not a usable number of draws per sample (None when it is): an integer in [1, MAX_BEST_OF]."""
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= MAX_BEST_OF:
-        return f"must be an integer >= 1 and <= {MAX_BEST_OF}, got {n!r}"
-    return None
 
 
 def temperature_problem(t) -> str | None:
@@ -263,8 +249,6 @@ def _check_sampling(m: dict) -> None:
     sampling = _need(m, "sampling", dict) if "sampling" in m else {"temperature": DEFAULT_TEMPERATURE}
     if temperature_problem(sampling.get("temperature")):
         raise _fail("'sampling.temperature'", temperature_problem(sampling.get("temperature")))
-    if best_of_problem(sampling.get("best_of", 1)):
-        raise _fail("'sampling.best_of'", best_of_problem(sampling.get("best_of")))
     if not isinstance(sampling.get("chosen_by", ""), str):
         raise _fail("'sampling.chosen_by'", "must be a string")
 

@@ -54,7 +54,6 @@ from runtime.backends import OrtBackend, TrtBackend
 from runtime.condition_bank import ConditionBank
 from runtime.inputs import (  # noqa: F401  (images_*: re-exported, callers import them from here)
     as_float_batch,
-    check_best_of,
     check_count,
     check_images,
     check_rows,
@@ -67,12 +66,12 @@ from runtime.inputs import (  # noqa: F401  (images_*: re-exported, callers impo
 from runtime.manifest import (
     FUSED_ROLES,
     PipelineError,
-    default_best_of,
     default_temperature,
     read_manifest,
     select_stages,
     verify_files,
 )
+from runtime.sampling import check_best_of, default_best_of, most_likely
 from runtime.selfcheck import SelfCheck
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt")
@@ -190,8 +189,7 @@ class Pipeline(SelfCheck):
         """Of each n consecutive candidates, the z = τ(v | c) with the highest log p(z | c), decoded."""
         z = self._chunked("flow_forward", {"v": v, "cond": cond})["z"]
         out = self._chunked("flow_inverse", {"z": z, "cond": cond})
-        score = -0.5 * np.square(out["v"].astype(np.float64)).sum(1) + out["logdet"]
-        z = z.reshape(-1, n, z.shape[1])[np.arange(len(z) // n), score.reshape(-1, n).argmax(1)]
+        z = most_likely(z, out["v"], out["logdet"], n)
         return self.decode_target(z) if self.has_decoder else z
 
     def _translate_fused(self, source, draw) -> np.ndarray:
