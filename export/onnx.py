@@ -32,7 +32,8 @@ checks.int8 says why.
 Sampling temperature (manifest `sampling`): what `runtime.Pipeline.translate` uses when given none. A task's
 experts may name one chosen by measurement (`Experts.info["sampling"] = {temperature, chosen_by}`; attributes
 and text2image do: docs/results.md); else 1 (v ~ N(0, I), the trained density). `--temperature T` overrides.
-An optional `best_of` there (draws per sample, the most likely kept: train/core/selection.py) travels as is.
+Optional `best_of` / `cycles` there (draws per sample, the most likely kept; autoencoder round trips z -> Θ(Λ(z)):
+train/core/selection.py) travel as they are.
 
 Condition bank (manifest `condition_bank`, file condition_bank.npy): a run with RUN/condition_bank.safetensors
 (text2image) ships its training conditions, onto which `Pipeline.translate` projects off-support conditions
@@ -241,8 +242,10 @@ def export_bundle(model: ConditionalINN, experts: Experts, out: str | Path, *, t
 def sampling_section(experts: Experts, temperature: float | None = None) -> dict:
     """The manifest's `sampling`: an explicit temperature, else the task's measured choice, else 1."""
     chosen = experts.info.get("sampling")
-    # draws per sample (the most likely kept), the task's measured choice whatever the temperature; 1 is left out
-    best_of = {"best_of": int(chosen["best_of"])} if chosen and chosen.get("best_of", 1) != 1 else {}
+    # selection (draws per sample, autoencoder round trips): the task's measured choice whatever the temperature;
+    # plain sampling (1, 0) is left out, so such bundles read as before
+    best_of = {k: int(chosen[k]) for k, plain in (("best_of", 1), ("cycles", 0))
+               if chosen and chosen.get(k, plain) != plain}
     if temperature is not None:
         problem = temperature_problem(temperature)
         if problem:

@@ -160,7 +160,8 @@ def sprite_experts(config: dict) -> Experts:
 
 def _grids(result: RunResult) -> None:
     chosen = SAMPLING[result.request.task]
-    write_grids(result.run, result.model, temperature=chosen["temperature"], best_of=chosen.get("best_of", 1))
+    write_grids(result.run, result.model, temperature=chosen["temperature"], best_of=chosen.get("best_of", 1),
+                cycles=chosen.get("cycles", 0))
 
 
 def _text_after_training(result: RunResult) -> None:
@@ -179,16 +180,19 @@ class SpriteEval:
                                             "SAMPLING in train/tasks/sprites.py)", type=float)
     best_of: int | None = option(help="draws per sample, keeping the one the cINN finds most likely (default: the "
                                       "task's, SAMPLING in train/tasks/sprites.py; 1 = plain sampling)", type=int)
+    cycles: int | None = option(help="round trips z -> Θ(Λ(z)) of each sample's latent before decoding (default: the "
+                                     "task's, SAMPLING in train/tasks/sprites.py; 0 = none)", type=int)
     condition: str = option("projected", "text2image: sample from captions projected onto the run's training "
                             "conditions where it has RUN/condition_bank.safetensors (projected), or from their exact "
                             "embeddings (exact)", choices=("projected", "exact"))
 
 
 def _evaluate(req) -> dict:
-    t, n, chosen = req.options.temperature, req.options.best_of, SAMPLING[req.config["task"]]
-    return evaluate_run(req, chosen["temperature"] if t is None else t,
-                        exact_condition=req.options.condition == "exact",
-                        best_of=chosen.get("best_of", 1) if n is None else n)
+    o, chosen = req.options, SAMPLING[req.config["task"]]
+    return evaluate_run(req, chosen["temperature"] if o.temperature is None else o.temperature,
+                        exact_condition=o.condition == "exact",
+                        best_of=chosen.get("best_of", 1) if o.best_of is None else o.best_of,
+                        cycles=chosen.get("cycles", 0) if o.cycles is None else o.cycles)
 
 
 TASKS = {
