@@ -187,11 +187,14 @@ class Pipeline(SelfCheck):
         check_rows(len(cond) * s, self.max_samples, f"{len(cond)} source(s) x {s} samples")
         cond = np.repeat(cond, s * n, axis=0)
         v = rng.standard_normal((len(cond), self.latent_dim), dtype=np.float32) * np.float32(t)
-        return self._generate(v, cond) if n == 1 and k == 0 else self._generate_selected(v, cond, n, k)
+        return self._generate_selected(v, cond, n, k)
 
     def _generate_selected(self, v: np.ndarray, cond: np.ndarray, n: int, cycles: int) -> np.ndarray:
         """Of each n consecutive candidates the z = τ(v | c) with the highest log p(z | c), sent `cycles` times
-        through the autoencoder (float images between Λ and Θ, as in PyTorch), decoded."""
+        through the autoencoder (float images between Λ and Θ, as in PyTorch), decoded. Serving and the page
+        call it with their per-row draws (n per row), so they sample as translate does."""
+        if n == 1 and cycles == 0:
+            return self._generate(v, cond)
         z = self._chunked("flow_forward", {"v": v, "cond": cond})["z"]
         if n > 1:
             out = self._chunked("flow_inverse", {"z": z, "cond": cond})

@@ -9,8 +9,10 @@ import torch
 from test_export import copy_bundle
 
 from runtime import Pipeline, PipelineError
+from runtime.app.engines import LocalEngine
 from runtime.inputs import seeded_rng
 from runtime.manifest import MANIFEST
+from runtime.serve import TranslateModel
 from train.core.selection import log_density, pick_best, sample_best_of
 from train.core.translator import load_translator
 
@@ -84,31 +86,40 @@ def test_runtime_picks_what_pytorch_picks_from_the_same_draws(bundles, flow):
             p.translate(cond, seed=5, best_of=bad)
 
 
-def test_the_manifest_default_and_old_bundles(bundles, tmp_path):
+def test_the_manifest_default_serving_the_page_and_old_bundles(bundles, tmp_path):
     src = bundles.get("attributes")
     chosen = copy_bundle(src, tmp_path / "chosen")
     m = json.loads((chosen / MANIFEST).read_text())
-    m["sampling"] = {**m["sampling"], "best_of": 3}
+    m["sampling"] = {**m["sampling"], "best_of": 3, "cycles": 1}
     (chosen / MANIFEST).write_text(json.dumps(m))
     p, plain = Pipeline.load(chosen), Pipeline.load(src)
-    assert p.default_best_of == 3 and plain.default_best_of == 1      # absent: plain sampling, as before
+    assert (p.default_best_of, p.default_cycles) == (3, 1)
+    assert (plain.default_best_of, plain.default_cycles) == (1, 0)     # absent: plain sampling, as before
     c = np.eye(p.cond_shape[0], dtype=np.float32)[[0, 2, 4]]
-    assert np.array_equal(p.translate(c, num_samples=2, seed=1), plain.translate(c, num_samples=2, seed=1, best_of=3))
-    assert np.array_equal(p.translate(c, seed=1, best_of=1), plain.translate(c, seed=1))
-    for bad in (0, "4", 2.0, 100):
-        m["sampling"]["best_of"] = bad
-        (chosen / MANIFEST).write_text(json.dumps(m))
-        with pytest.raises(PipelineError, match="'sampling.best_of'"):
+    assert np.array_equal(p.translate(c, num_samples=2, seed=1),
+                          plain.translate(c, num_samples=2, seed=1, best_of=3, cycles=1))
+    assert np.array_equal(p.translate(c, seed=1, best_of=1, cycles=0), plain.translate(c, seed=1))
+    # a served row and the page's sample are translate's sample of that row with its seed
+    served = TranslateModel(p).infer([{"source": c, "seed": np.array([[4], [5], [6]], dtype=np.int64)}])[0]
+    page = LocalEngine({"attributes": chosen}).sample("attributes", c, [4, 5, 6], p.default_temperature)
+    for r, seed in enumerate((4, 5, 6)):
+        assert np.array_equal(next(iter(served.values()))[r], p.translate(c[r:r + 1], seed=seed)[0])
+        assert np.array_equal(page[r], p.translate(c[r:r + 1], seed=seed)[0])
+    for field, bad in (("best_of", 0), ("best_of", "4"), ("best_of", 2.0), ("best_of", 100), ("cycles", -1),
+                       ("cycles", 9)):
+        (chosen / MANIFEST).write_text(json.dumps({**m, "sampling": {**m["sampling"], field: bad}}))
+        with pytest.raises(PipelineError, match=f"'sampling.{field}'"):
             Pipeline.load(chosen)
 
 
 def test_export_carries_the_tasks_best_of():
     from export.onnx import sampling_section
     from train.experts.base import Experts
-    chosen = Experts(info={"sampling": {"temperature": 1.5, "chosen_by": "docs", "best_of": 4}})
-    assert sampling_section(chosen) == {"temperature": 1.5, "chosen_by": "docs", "best_of": 4}
+    chosen = Experts(info={"sampling": {"temperature": 1.5, "chosen_by": "docs", "best_of": 4, "cycles": 1}})
+    assert sampling_section(chosen) == {"temperature": 1.5, "chosen_by": "docs", "best_of": 4, "cycles": 1}
     assert sampling_section(chosen, 1.0)["best_of"] == 4            # an explicit temperature keeps the choice
-    assert "best_of" not in sampling_section(Experts(info={"sampling": {"temperature": 1.5}}))
+    assert set(sampling_section(Experts(info={"sampling": {"temperature": 1.5, "best_of": 1, "cycles": 0}}))) == {
+        "temperature", "chosen_by"}                                  # plain sampling: bundles read as before
 
 
 def test_runtime_cycles_match_pytorch_and_need_the_autoencoder(bundles):
