@@ -1,13 +1,16 @@
-"""Sampling-time selection: Eq. 7 drawn `best_of` times per sample, keeping the candidate τ finds most likely.
+"""Sampling-time selection: Eq. 7 drawn `best_of` times per sample, keeping the candidate τ finds most likely;
+`Translator.sample` (train/eval/translator.py) then sends the kept latent `cycles` times through the autoencoder.
 
     v_j ~ N(0, T² I),  z_j = τ(v_j | c),  j = 1..n;      keep the z_j with the largest
     log p(z_j | c) = log N(τ⁻¹(z_j | c); 0, I) + log|det ∂v/∂z|   (Eq. 4's density, at T = 1)
+    cycles: z <- Θ(Λ(z)) k times (Θ = the encoder's mean), then the image Λ(z)
 
-Why: a flow stretches space between the modes it has to split its Gaussian over, so draws that land between
-them (a shape half-way between square and circle) get low density; measured in docs/results.md
-"Sampling-time selection". The candidates of sample k of condition i are rows (i·S + k)·n … (i·S + k)·n + n − 1
-of one draw of N·S·n rows: a row's result depends only on its own draws, and n = 1 is plain Eq. 7 sampling,
-draw for draw. runtime.Pipeline.translate draws and scores the same way (τ⁻¹'s log-det from the bundle).
+Why: draws at T > 1 that τ stretches into thin regions are its least typical samples; the AE round trip puts a
+latent back among the latents the AE itself produces. Together they lower text2image's fid at both training seeds
+without a lower T (docs/results.md "Sampling-time selection"; blends between shape modes stay). The candidates of
+sample k of condition i are rows (i·S + k)·n … (i·S + k)·n + n − 1 of one draw of N·S·n rows: a row's result
+depends only on its own draws, and n = 1 is plain Eq. 7 sampling, draw for draw. runtime.Pipeline.translate draws
+and scores the same way (τ⁻¹'s log-det from the bundle; runtime/sampling.py).
 """
 from __future__ import annotations
 

@@ -62,14 +62,16 @@ TEXT_PRESETS = derive(SPRITE_PRESETS, _SPRITE_DATA, flow={"cond_whiten": 1.0}, s
 # below), held-out within its training-seed spread, ~1.6x the training time: docs/results.md "text2image: 16 coupling"
 TEXT_PRESETS["default"]["flow"]["num_blocks"] = 16
 
-# Default sampling temperature per task (v ~ N(0, T² I)): the evaluation's default and, through the experts'
-# info, the exported bundle's (manifest `sampling`). Chosen by measurement: docs/results.md, "Sampling temperature".
+# Default sampling per task: temperature (v ~ N(0, T² I)) and, optionally, selection (best_of draws per sample,
+# the most likely under τ kept, then `cycles` times z -> Θ(Λ(z)); train/core/selection.py): the evaluation's
+# default and, through the experts' info, the exported bundle's (manifest `sampling`). Chosen by measurement:
+# docs/results.md, "Sampling temperature" and "Sampling-time selection".
 SAMPLING = {"attributes": {"temperature": 1.5,
                            "chosen_by": "docs/results.md#attributes-16-coupling-blocks-on-the-default-ae-2026-12-01-now"
                                         "-the-default"},
-            "text2image": {"temperature": 1.5,
+            "text2image": {"temperature": 1.5, "best_of": 4, "cycles": 1,
                            "chosen_by": "docs/results.md#text2image-16-coupling-blocks-at-t-15-and-where-the-fid-comes"
-                                        "-from-2026-12-01"}}
+                                        "-from-2026-12-01, #sampling-time-selection-2026-12-01"}}
 
 
 @dataclass
