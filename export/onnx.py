@@ -325,8 +325,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {out}: stages {', '.join(sorted(m['stages']))}; {len(z)} validation pairs ({origin})")
     worst = max(max(r.values()) for r in m["checks"]["parity"].values())
     rt = max(m["checks"]["roundtrip_rel"].values())
+    selection = "".join(f", {k} {m['sampling'][k]}" for k in ("best_of", "cycles") if k in m["sampling"])
     print(f"parity vs PyTorch: max rel err {worst:.2e}; flow round trip {rt:.2e}; default sampling temperature "
-          f"{m['sampling']['temperature']:g} ({m['sampling']['chosen_by']})")
+          f"{m['sampling']['temperature']:g}{selection} ({m['sampling']['chosen_by']})")
     if "int8" in m["checks"] and "refused" not in m["checks"]["int8"]:
         q = m["checks"]["int8"]
         print(f"int8 (static, {q['calibration_pairs']} calibration pairs: {q['calibration_origin']}): round trip "

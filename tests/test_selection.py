@@ -162,3 +162,22 @@ def _tiny_flow_for(ae):
     with torch.no_grad():
         z_dim = ae.encode(torch.zeros(1, 3, ae.image_size, ae.image_size)).shape[1]
     return tiny_flow(z_dim, (5,))
+
+
+def test_cli_translate_takes_best_of_and_cycles_and_info_shows_the_default(bundles, tmp_path, capsys):
+    from runtime.__main__ import main as cli
+    b = copy_bundle(bundles.get("attributes"), tmp_path / "b")
+    m = json.loads((b / MANIFEST).read_text())
+    m["sampling"] = {**m["sampling"], "best_of": 3, "cycles": 1}
+    (b / MANIFEST).write_text(json.dumps(m))
+    src = json.dumps([[int(i in (0, 3)) for i in range(m["cond_shape"][0])]])
+    outs = {}
+    for name, extra in (("default", []), ("same", ["--best-of", "3", "--cycles", "1"]),
+                        ("plain", ["--best-of", "1", "--cycles", "0"])):
+        assert cli(["translate", str(b), "--source-json", src, "--seed", "1", "--out", str(tmp_path / f"{name}.png"),
+                    *extra]) == 0
+        outs[name] = (tmp_path / f"{name}.png").read_bytes()
+    assert outs["default"] == outs["same"] != outs["plain"]
+    capsys.readouterr()
+    assert cli(["info", str(b)]) == 0
+    assert "default selection: best of 3, 1 autoencoder cycle(s)" in capsys.readouterr().out
