@@ -32,6 +32,8 @@ checks.int8 says why.
 Sampling temperature (manifest `sampling`): what `runtime.Pipeline.translate` uses when given none. A task's
 experts may name one chosen by measurement (`Experts.info["sampling"] = {temperature, chosen_by}`; attributes
 and text2image do: docs/results.md); else 1 (v ~ N(0, I), the trained density). `--temperature T` overrides.
+Optional `best_of` / `cycles` there (draws per sample, the most likely kept; autoencoder round trips z -> Θ(Λ(z)):
+train/core/selection.py) travel as they are.
 
 Condition bank (manifest `condition_bank`, file condition_bank.npy): a run with RUN/condition_bank.safetensors
 (text2image) ships its training conditions, onto which `Pipeline.translate` projects off-support conditions
@@ -239,14 +241,19 @@ def export_bundle(model: ConditionalINN, experts: Experts, out: str | Path, *, t
 
 def sampling_section(experts: Experts, temperature: float | None = None) -> dict:
     """The manifest's `sampling`: an explicit temperature, else the task's measured choice, else 1."""
+    chosen = experts.info.get("sampling")
+    # selection (draws per sample, autoencoder round trips): the task's measured choice whatever the temperature;
+    # plain sampling (1, 0) is left out, so such bundles read as before
+    best_of = {k: int(chosen[k]) for k, plain in (("best_of", 1), ("cycles", 0))
+               if chosen and chosen.get(k, plain) != plain}
     if temperature is not None:
         problem = temperature_problem(temperature)
         if problem:
             raise UserError(f"--temperature {problem}")
-        return {"temperature": float(temperature), "chosen_by": "set at export (--temperature)"}
-    chosen = experts.info.get("sampling")
+        return {"temperature": float(temperature), "chosen_by": "set at export (--temperature)", **best_of}
     if chosen:
-        return {"temperature": float(chosen["temperature"]), "chosen_by": str(chosen.get("chosen_by", "the task"))}
+        return {"temperature": float(chosen["temperature"]), "chosen_by": str(chosen.get("chosen_by", "the task")),
+                **best_of}
     return {"temperature": DEFAULT_TEMPERATURE, "chosen_by": "no measured choice for this task: v ~ N(0, I)"}
 
 
@@ -318,8 +325,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {out}: stages {', '.join(sorted(m['stages']))}; {len(z)} validation pairs ({origin})")
     worst = max(max(r.values()) for r in m["checks"]["parity"].values())
     rt = max(m["checks"]["roundtrip_rel"].values())
+    selection = "".join(f", {k} {m['sampling'][k]}" for k in ("best_of", "cycles") if k in m["sampling"])
     print(f"parity vs PyTorch: max rel err {worst:.2e}; flow round trip {rt:.2e}; default sampling temperature "
-          f"{m['sampling']['temperature']:g} ({m['sampling']['chosen_by']})")
+          f"{m['sampling']['temperature']:g}{selection} ({m['sampling']['chosen_by']})")
     if "int8" in m["checks"] and "refused" not in m["checks"]["int8"]:
         q = m["checks"]["int8"]
         print(f"int8 (static, {q['calibration_pairs']} calibration pairs: {q['calibration_origin']}): round trip "

@@ -125,7 +125,8 @@ def cmd_translate(args) -> int:
             raise CliError(f"--source-json must be a JSON list (one vector or {{attribute: value}} object per "
                            f"source), got a {type(items).__name__}; wrap it in [ ]")
         source = [_vector(it, p.attribute_names, "--source-json") for it in items]
-    out = p.translate(source, num_samples=args.num_samples, seed=args.seed, temperature=args.temperature)
+    out = p.translate(source, num_samples=args.num_samples, seed=args.seed, temperature=args.temperature,
+                      best_of=args.best_of, cycles=args.cycles)
     if p.has_decoder:
         if not args.out:
             raise CliError("this bundle makes images: give --out FILE.png")
@@ -201,6 +202,9 @@ def cmd_info(args) -> int:
         print(f"  {name:24s} {st['file']:26s} ({io}) -> ({out})")
     print(f"  default temperature: {default_temperature(m):g}"
           + ("" if "sampling" in m else " (the manifest predates sampling.temperature)"))
+    if {"best_of", "cycles"} & set(m.get("sampling", {})):
+        print(f"  default selection: best of {m['sampling'].get('best_of', 1)}, "
+              f"{m['sampling'].get('cycles', 0)} autoencoder cycle(s) (runtime/sampling.py)")
     for key in ("image", "tokenizer", "attribute_names", "split", "exporter", "tensorrt", "condition_bank"):
         if key in m:
             value = {k: v for k, v in m[key].items() if k not in ("files", "plans")} if isinstance(m[key], dict) \
@@ -266,6 +270,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--temperature", type=float,
                    help="v ~ N(0, T² I) (default: the bundle's, manifest sampling.temperature; 1 samples the "
                         "trained density)")
+    t.add_argument("--best-of", type=int, help="draws per sample, the most likely under τ kept (default: the "
+                                               "bundle's, manifest sampling.best_of; 1 = plain sampling)")
+    t.add_argument("--cycles", type=int, help="round trips z -> Θ(Λ(z)) before decoding (default: the bundle's, "
+                                              "manifest sampling.cycles; 0 = none)")
     t.add_argument("--out", help="grid .png (image bundles) or .npy (latents)")
     t.add_argument("--exact-condition", action="store_true",
                    help="sample from the exact source embedding even where it lies off the training conditions "

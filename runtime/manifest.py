@@ -16,8 +16,8 @@ tokenizer files, validation arrays, condition bank, TensorRT plans). Schema 1:
     source_image    same, for image sources
     tokenizer       {files {path: sha256}, max_tokens, pad_id}               (text sources)
     validation      {origin, count, files {path: sha256}}
-    sampling        {temperature, chosen_by}: `translate`'s default T (v ~ N(0, T² I)), measured per task;
-                    a bundle exported before it existed loads with T = 1, what it was always sampled at
+    sampling        {temperature, chosen_by[, best_of]}: `translate`'s default T (v ~ N(0, T² I)) and draws per
+                    sample, measured per task (runtime/sampling.py); absent: T = 1, as always sampled before
     condition_bank  {files {condition_bank.npy: sha256}, count, min_similarity, chosen_by}, optional: conditions
                     projected onto the training ones before τ samples (runtime/condition_bank.py)
     source, exporter, warnings, checks; optional attribute_names, split, tensorrt {version, gpu,

@@ -14,6 +14,11 @@ drawn once per call (row i*S + k is sample k of source i), so results do not dep
 are split; PyTorch reproduces them from the same array (`torch.from_numpy(v)`). temperature=None (the
 default) is the bundle's `default_temperature`, the one export recorded in the manifest (`sampling.temperature`,
 chosen per task by measurement: docs/results.md); bundles exported before that field existed use 1.
+best_of=n draws n such v per sample (row (i*S + k)*n + j of one (N*S*n, D) draw is candidate j of sample k of
+source i) and keeps the z = τ(v | c) with the highest log p(z | c) = log N(τ⁻¹(z | c)) + log|det ∂v/∂z| (the
+density τ was trained for, at T = 1; train/core/selection.py is the PyTorch side); best_of=None: the bundle's
+`default_best_of` (manifest `sampling.best_of`, 1 if absent). cycles=k then replaces the kept z by Θ(Λ(z)) k
+times before the last decode (bundles with Θ and Λ; manifest `sampling.cycles`, 0 if absent).
 Images are uint8 NHWC at the API; graphs see float NCHW in [-1, 1]: x / 127.5 - 1 going in,
 clip(rint((y + 1) * 127.5), 0, 255) coming out.
 
@@ -67,6 +72,7 @@ from runtime.manifest import (
     select_stages,
     verify_files,
 )
+from runtime.sampling import check_best_of, check_cycles, default_best_of, default_cycles, most_likely
 from runtime.selfcheck import SelfCheck
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt")
@@ -86,6 +92,7 @@ class Pipeline(SelfCheck):
         self.cond_shape = tuple(manifest["cond_shape"])
         self.attribute_names = manifest.get("attribute_names")
         self.default_temperature = default_temperature(manifest)
+        self.default_best_of, self.default_cycles = default_best_of(manifest), default_cycles(manifest, stages)
         self._warned, self._warn_lock = False, threading.Lock()
         self._tokenizer = self._load_tokenizer() if self.source_kind == "text" else None
         self.condition_bank = ConditionBank.load(bundle_dir, manifest) if project and "condition_bank" in manifest \
@@ -151,30 +158,50 @@ class Pipeline(SelfCheck):
         return (*img["size"], img["channels"]) if img else None
 
     # ---- high-level calls ----------------------------------------------------------------------
-    def translate(self, source, num_samples: int = 1, seed: int | None = None, temperature: float | None = None):
+    def translate(self, source, num_samples: int = 1, seed: int | None = None, temperature: float | None = None,
+                  best_of: int | None = None, cycles: int | None = None):
         """Samples of the target for each source: images uint8 (N*S, H, W, C) when the bundle has a
         decoder, else latents (N*S, D); row i*S + k is sample k of source i. v ~ N(0, temperature² I);
-        temperature None: the bundle's `default_temperature` (temperature=1 samples the trained density)."""
-        return self._translate(source, num_samples, seed, temperature, fused=True)
+        temperature None: the bundle's `default_temperature` (temperature=1 samples the trained density).
+        Each sample is the most likely of `best_of` draws (None: the bundle's `default_best_of`; 1: plain), then
+        its latent is sent `cycles` times through the autoencoder, z -> Θ(Λ(z)) (None: the bundle's default)."""
+        return self._translate(source, num_samples, seed, temperature, fused=True, best_of=best_of, cycles=cycles)
 
     def temperature(self, temperature: float | None = None) -> float:
         """`temperature` checked, or the bundle's default when None."""
         return self.default_temperature if temperature is None else check_temperature(temperature)
 
-    def _translate(self, source, num_samples, seed, temperature, fused: bool):
+    def _translate(self, source, num_samples, seed, temperature, fused: bool, best_of: int | None = None,
+                   cycles: int | None = None):
         s, t = check_count(num_samples), self.temperature(temperature)
+        n = self.default_best_of if best_of is None else check_best_of(best_of)
+        k = self.default_cycles if cycles is None else check_cycles(cycles, self.stages)
         check_rows(s, self.max_samples, "num_samples")
         rng = seeded_rng(seed)
         # the text encoder runs one row per call (see encode_source), so a fused graph only for a single text
-        if fused and s == 1 and "translate" in self.stages and self.condition_bank is None and (
+        if fused and s == 1 and n == 1 and k == 0 and "translate" in self.stages and self.condition_bank is None and (
                 self.source_kind != "text" or len(check_texts(source, self.max_samples, self.max_text_length)) == 1):
             return self._translate_fused(source, lambda n: rng.standard_normal((n, self.latent_dim),
                                                                                dtype=np.float32) * np.float32(t))
         cond = self.project(self.encode_source(source))
         check_rows(len(cond) * s, self.max_samples, f"{len(cond)} source(s) x {s} samples")
-        cond = np.repeat(cond, s, axis=0)
+        cond = np.repeat(cond, s * n, axis=0)
         v = rng.standard_normal((len(cond), self.latent_dim), dtype=np.float32) * np.float32(t)
-        return self._generate(v, cond)
+        return self._generate_selected(v, cond, n, k)
+
+    def _generate_selected(self, v: np.ndarray, cond: np.ndarray, n: int, cycles: int) -> np.ndarray:
+        """Of each n consecutive candidates the z = τ(v | c) with the highest log p(z | c), sent `cycles` times
+        through the autoencoder (float images between Λ and Θ, as in PyTorch), decoded. Serving and the page
+        call it with their per-row draws (n per row), so they sample as translate does."""
+        if n == 1 and cycles == 0:
+            return self._generate(v, cond)
+        z = self._chunked("flow_forward", {"v": v, "cond": cond})["z"]
+        if n > 1:
+            out = self._chunked("flow_inverse", {"z": z, "cond": cond})
+            z = most_likely(z, out["v"], out["logdet"], n)
+        for _ in range(cycles):
+            z = self._chunked("target_encoder", {"image": self._chunked("target_decoder", {"z": z})["image"]})["z"]
+        return self.decode_target(z) if self.has_decoder else z
 
     def _translate_fused(self, source, draw) -> np.ndarray:
         """Φ -> τ -> Λ as one graph call per chunk; `draw(n)` gives v for n sources (as the chained path)."""

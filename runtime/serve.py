@@ -109,10 +109,11 @@ def encode_rows(p: Pipeline, sources: list) -> np.ndarray:
     return np.concatenate([encoded[text] for text in rows])
 
 
-def residuals(p: Pipeline, seeds: np.ndarray, temperatures: np.ndarray) -> np.ndarray:
-    """Row r: default_rng(seed_r).standard_normal((1, D)) * temperature_r, as translate draws for one sample."""
-    return np.concatenate([seeded_rng(int(s)).standard_normal((1, p.latent_dim), dtype=np.float32) * np.float32(t)
-                           for s, t in zip(seeds, temperatures)])
+def residuals(p: Pipeline, seeds: np.ndarray, temperatures: np.ndarray, best_of: int = 1) -> np.ndarray:
+    """Row r: default_rng(seed_r).standard_normal((best_of, D)) * temperature_r, as translate draws for one sample
+    (best_of candidates of it: rows r*best_of ... r*best_of + best_of - 1)."""
+    return np.concatenate([seeded_rng(int(s)).standard_normal((best_of, p.latent_dim), dtype=np.float32)
+                           * np.float32(t) for s, t in zip(seeds, temperatures)])
 
 
 def _seeds_and_temperatures(request, default: float) -> tuple[np.ndarray, np.ndarray]:
@@ -174,7 +175,9 @@ class TranslateModel(_RowModel):
             seeds.append(s)
             temps.append(t)
         cond = self.p.project(encode_rows(self.p, sources))       # as translate: off-support rows projected
-        out = self.p._generate(residuals(self.p, np.concatenate(seeds), np.concatenate(temps)), cond)
+        n = self.p.default_best_of                                # and the bundle's selection (runtime/sampling.py)
+        out = self.p._generate_selected(residuals(self.p, np.concatenate(seeds), np.concatenate(temps), n),
+                                        np.repeat(cond, n, axis=0), n, self.p.default_cycles)
         return _split(out, self.outputs[0][0], [len(s) for s in seeds])
 
 

@@ -67,15 +67,16 @@ def test_smoke_run_keeps_experts_frozen_and_evaluates(task, train_smoke, oracle_
     assert result["fid_reference"]["reference_count"] == 20
     from train.tasks.sprites import SAMPLING
     assert result["temperature"] == SAMPLING[task]["temperature"]      # the task's measured default
+    assert result["best_of"] == SAMPLING[task].get("best_of", 1)
     new_keys = (["sample_accuracy", "sample_all_rate"] if task == "attributes"
                 else ["train_phrasing_attribute_accuracy", "train_phrasing_per_attribute", "fid_train_phrasing"])
     for key in new_keys:
         assert key in result and key in result["mlp"], key
-    # --temperature moves what is sampled, never the edits (they keep each image's own v)
+    # --temperature / --best-of move what is sampled, never the edits (they keep each image's own v)
     evaluate.main(["--run", str(out), "--num-images", "20", "--oracle", str(oracle_run), "--json",
-                   "--temperature", "0.25"])
+                   "--temperature", "0.25", "--best-of", "2"])
     cold = json.loads(capsys.readouterr().out)
-    assert cold["temperature"] == 0.25 and cold["diversity"] < result["diversity"]
+    assert cold["temperature"] == 0.25 and cold["best_of"] == 2 and cold["diversity"] < result["diversity"]
     if task == "attributes":
         assert cold["flip_success"] == result["flip_success"] and cold["fid_edits"] == result["fid_edits"]
 

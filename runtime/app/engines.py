@@ -51,8 +51,9 @@ class LocalEngine:
     def sample(self, task: str, sources, seeds: list[int], temperature: float) -> np.ndarray:
         p = self.pipeline(task)
         cond = p.project(p.encode_source(sources))        # as translate: the bundle's condition bank, if any
-        z = p.flow_forward(residuals(p, np.asarray(seeds), np.full(len(seeds), temperature, np.float32)), cond)
-        return p.decode_target(z) if p.has_decoder else z
+        n = p.default_best_of                             # and its selection (runtime/sampling.py)
+        v = residuals(p, np.asarray(seeds), np.full(len(seeds), temperature, np.float32), n)
+        return p._generate_selected(v, np.repeat(cond, n, axis=0), n, p.default_cycles)
 
     def transfer(self, task: str, images: np.ndarray, sources, new_sources) -> np.ndarray:
         return self.pipeline(task).transfer(images, sources, new_sources)

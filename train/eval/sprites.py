@@ -53,11 +53,12 @@ def _condition(config: dict, attributes: np.ndarray, split: str, seed: int, enco
 
 
 def write_grids(run_dir: str | Path, model, num: int = 6, samples: int = 6, seed: int = 0,
-                temperature: float = 1.0) -> None:
+                temperature: float = 1.0, best_of: int = 1, cycles: int = 0) -> None:
     """PNGs in RUN/grids/: attribute edits (Fig. 6), samples per condition, exemplar transfer; for text,
     captions rendered above their samples (Fig. 1): held-out phrasing (samples.png) and training phrasing;
     text conditions projected onto the run's condition bank where it has one (train/core/condition_bank.py)."""
     translator, config = load_task_run(run_dir)
+    translator.best_of, translator.cycles = best_of, cycles
     out = Path(run_dir) / "grids"
     print(f"writing grids to {out}/")
     start = SPLITS["test"][0]
@@ -204,13 +205,19 @@ def evaluate_text(translator, oracle, config, n: int, seed: int, captions_file: 
     return result
 
 
-def evaluate_run(req, temperature: float = 1.0, exact_condition: bool = False) -> dict:
+def evaluate_run(req, temperature: float = 1.0, exact_condition: bool = False, best_of: int = 1,
+                 cycles: int = 0) -> dict:
     """`python -m train.evaluate --task attributes|text2image --run runs/<task>/cinn --json` (an EvalRequest);
     samples at `temperature` (train/tasks/sprites.py passes the task's default unless --temperature is given).
     text2image samples from conditions projected onto the run's condition bank where it has one (also for the
-    MLP baseline beside it: the same training conditions), unless `exact_condition`."""
+    MLP baseline beside it: the same training conditions), unless `exact_condition`; each sample the most likely
+    of `best_of` draws, then `cycles` times z -> Θ(Λ(z)) (train/core/selection.py; edits keep each image's own v)."""
+    for flag, n, low in (("--best-of", best_of, 1), ("--cycles", cycles, 0)):
+        if isinstance(n, bool) or not isinstance(n, int) or n < low:
+            raise UserError(f"{flag} must be an integer >= {low}, got {n!r}")
     run = Path(req.run)
     translator, config = load_task_run(run)
+    translator.best_of, translator.cycles = best_of, cycles
     if req.captions and config["task"] != "text2image":
         raise UserError("--captions applies to text tasks only")
     oracle = ensure_oracle(req.oracle, translator.ae.image_size)
@@ -225,5 +232,6 @@ def evaluate_run(req, temperature: float = 1.0, exact_condition: bool = False) -
 
     start = SPLITS["test"][0]
     real = render_batch(range(start, start + n), "test", translator.ae.image_size)[0]
-    return {"task": config["task"], "run": str(run), "num_images": n, "temperature": temperature, **one(translator),
+    return {"task": config["task"], "run": str(run), "num_images": n, "temperature": temperature, "best_of": best_of,
+            "cycles": cycles, **one(translator),
             **fid.references(real, translator), **mlp_baseline(run, translator, one)}

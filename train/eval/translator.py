@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from train.core.flow import ConditionalINN
+from train.core.selection import sample_best_of
 from train.core.translator import load_translator
 from train.experts.ae_training import load_ae
 
@@ -18,9 +19,11 @@ from train.experts.ae_training import load_ae
 class Translator:
     """A trained cINN (or MLP) plus the frozen AE: the image-level operations of the paper."""
 
-    def __init__(self, model, ae, ae_dir: str):
+    def __init__(self, model, ae, ae_dir: str, best_of: int = 1):
         self.model, self.ae, self.ae_dir = model, ae, ae_dir
         self.invertible = isinstance(model, ConditionalINN)
+        self.best_of = best_of          # candidates per sample (train/core/selection.py); the MLP draws none
+        self.cycles = 0                 # z -> Θ(Λ(z)) this many times before the final decode
 
     @torch.no_grad()
     def decode(self, z, batch=256):
@@ -39,9 +42,23 @@ class Translator:
         return self.decode(self.model(self.residual(images, cond), new_cond))
 
     @torch.no_grad()
-    def sample(self, cond: torch.Tensor, num_samples: int, seed: int, temperature: float = 1.0) -> torch.Tensor:
+    def sample(self, cond: torch.Tensor, num_samples: int, seed: int, temperature: float = 1.0,
+               best_of: int | None = None, cycles: int | None = None) -> torch.Tensor:
+        """Λ(τ(v | c)), v ~ N(0, T² I); of `best_of` (None: self.best_of) draws per sample the one τ finds most
+        likely, then `cycles` (None: self.cycles) times z -> Θ(Λ(z)) (train/core/selection.py)."""
         gen = torch.Generator().manual_seed(seed)
-        return self.decode(self.model.sample(cond, num_samples, temperature, generator=gen))
+        if not self.invertible:
+            return self.decode(self.model.sample(cond, num_samples, temperature, generator=gen))
+        n = self.best_of if best_of is None else best_of
+        z = sample_best_of(self.model, cond, num_samples, temperature, n, generator=gen)
+        for _ in range(self.cycles if cycles is None else cycles):
+            z = self.encode(self.decode(z))
+        return self.decode(z)
+
+    @torch.no_grad()
+    def encode(self, images, batch=256):
+        """Θ(y) (the posterior mean) in chunks."""
+        return torch.cat([self.ae.encode(images[i:i + batch]) for i in range(0, len(images), batch)])
 
 
 def load_task_run(run_dir: str | Path):

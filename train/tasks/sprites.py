@@ -65,14 +65,16 @@ TEXT_PRESETS = derive(SPRITE_PRESETS, _SPRITE_DATA, flow={"cond_whiten": 1.0}, s
 # below), held-out within its training-seed spread, ~1.6x the training time: docs/results.md "text2image: 16 coupling"
 TEXT_PRESETS["default"]["flow"]["num_blocks"] = 16
 
-# Default sampling temperature per task (v ~ N(0, T² I)): the evaluation's default and, through the experts'
-# info, the exported bundle's (manifest `sampling`). Chosen by measurement: docs/results.md, "Sampling temperature".
+# Default sampling per task: temperature (v ~ N(0, T² I)) and, optionally, selection (best_of draws per sample,
+# the most likely under τ kept, then `cycles` times z -> Θ(Λ(z)); train/core/selection.py): the evaluation's
+# default and, through the experts' info, the exported bundle's (manifest `sampling`). Chosen by measurement:
+# docs/results.md, "Sampling temperature" and "Sampling-time selection".
 SAMPLING = {"attributes": {"temperature": 1.5,
                            "chosen_by": "docs/results.md#attributes-16-coupling-blocks-on-the-default-ae-2026-12-01-now"
                                         "-the-default"},
-            "text2image": {"temperature": 1.5,
+            "text2image": {"temperature": 1.5, "best_of": 4, "cycles": 1,
                            "chosen_by": "docs/results.md#text2image-16-coupling-blocks-at-t-15-and-where-the-fid-comes"
-                                        "-from-2026-12-01"}}
+                                        "-from-2026-12-01, #sampling-time-selection-2026-12-01"}}
 
 
 @dataclass
@@ -162,7 +164,9 @@ def sprite_experts(config: dict) -> Experts:
 
 
 def _grids(result: RunResult) -> None:
-    write_grids(result.run, result.model, temperature=SAMPLING[result.request.task]["temperature"])
+    chosen = SAMPLING[result.request.task]
+    write_grids(result.run, result.model, temperature=chosen["temperature"], best_of=chosen.get("best_of", 1),
+                cycles=chosen.get("cycles", 0))
 
 
 def _text_after_training(result: RunResult) -> None:
@@ -179,15 +183,21 @@ class SpriteEval:
     """Evaluation options of attributes / text2image (--captions is a generic flag of train.evaluate)."""
     temperature: float | None = option(help="sampling temperature of every sample (default: the task's, "
                                             "SAMPLING in train/tasks/sprites.py)", type=float)
+    best_of: int | None = option(help="draws per sample, keeping the one the cINN finds most likely (default: the "
+                                      "task's, SAMPLING in train/tasks/sprites.py; 1 = plain sampling)", type=int)
+    cycles: int | None = option(help="round trips z -> Θ(Λ(z)) of each sample's latent before decoding (default: the "
+                                     "task's, SAMPLING in train/tasks/sprites.py; 0 = none)", type=int)
     condition: str = option("projected", "text2image: sample from captions projected onto the run's training "
                             "conditions where it has RUN/condition_bank.safetensors (projected), or from their exact "
                             "embeddings (exact)", choices=("projected", "exact"))
 
 
 def _evaluate(req) -> dict:
-    t = req.options.temperature
-    return evaluate_run(req, SAMPLING[req.config["task"]]["temperature"] if t is None else t,
-                        exact_condition=req.options.condition == "exact")
+    o, chosen = req.options, SAMPLING[req.config["task"]]
+    return evaluate_run(req, chosen["temperature"] if o.temperature is None else o.temperature,
+                        exact_condition=o.condition == "exact",
+                        best_of=chosen.get("best_of", 1) if o.best_of is None else o.best_of,
+                        cycles=chosen.get("cycles", 0) if o.cycles is None else o.cycles)
 
 
 TASKS = {
