@@ -50,12 +50,12 @@ def expert_jobs(runs: Path, preset: str, oracle: Path) -> list[Job]:
                 ("ae", "oracle"), skip_if=ae / "eval.json")]
 
 
-# rough seconds per job at the default preset on one thread (measured 2026-11-30); they only order the ready
+# rough seconds per job at the default preset on one thread (measured 2026-11-30; text2image 2026-12-01); they only order the ready
 # jobs (Scheduler.priority), other jobs count DEFAULT_COST
 DEFAULT_COST = 30.0
 COSTS = {"ae": 690, "oracle": 190, "text2image-captions": 250,
-         "attributes-cinn": 500, "text2image-cinn": 300, "bert2biggan-cinn": 340, "attributes-mlp": 130,
-         "text2image-mlp": 95, "attributes-eval": 100, "text2image-eval": 36, "bert2biggan-eval": 30,
+         "attributes-cinn": 500, "text2image-cinn": 400, "bert2biggan-cinn": 340, "attributes-mlp": 130,
+         "text2image-mlp": 95, "attributes-eval": 100, "text2image-eval": 70, "bert2biggan-eval": 30,
          "attributes-export": 32, "text2image-export": 48, "bert2biggan-export": 55, "bert2biggan-check": 23}
 
 
