@@ -50,8 +50,8 @@ def expert_jobs(runs: Path, preset: str, oracle: Path) -> list[Job]:
                 ("ae", "oracle"), skip_if=ae / "eval.json")]
 
 
-# rough seconds per job at the default preset on one thread (measured 2026-11-30; text2image 2026-12-01); they only order the ready
-# jobs (Scheduler.priority), other jobs count DEFAULT_COST
+# rough seconds per job at the default preset on one thread (measured 2026-11-30; text2image's 2026-12-01); they
+# only order the ready jobs (Scheduler.priority), other jobs count DEFAULT_COST
 DEFAULT_COST = 30.0
 COSTS = {"ae": 690, "oracle": 190, "text2image-captions": 250,
          "attributes-cinn": 500, "text2image-cinn": 400, "bert2biggan-cinn": 340, "attributes-mlp": 130,
