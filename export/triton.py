@@ -2,6 +2,7 @@
 
     python -m export.triton --bundle engines/text2image --out model_repository/ [--precision fp32|fp16|int8]
         [--backend onnxruntime|tensorrt] [--max-batch 64] [--max-queue-delay-us 2000] [--instances 1] [--kind gpu|cpu]
+        [--best-of N] [--cycles K] [--no-project]
     docker run --gpus all --rm -p 8000:8000 -p 8001:8001 -p 8002:8002 -v $PWD/model_repository:/models \\
         nvcr.io/nvidia/tritonserver:<yy.mm>-py3 tritonserver --model-repository=/models
 
@@ -10,12 +11,19 @@ Writes, for a bundle named TASK:
                         target_decoder): platform onnxruntime_onnx (1/model.onnx) or tensorrt_plan (1/model.plan),
                         the file copied and its SHA-256 checked against the manifest, max_batch_size,
                         dynamic_batching and instance_group
-    TASK/               ensemble: source encoder -> flow_forward -> target decoder. The residual `v` is an input:
-                        sampling stays with the client (v = default_rng(seed).standard_normal((N, D), float32) *
-                        temperature, as runtime.Pipeline draws it), so a seed reproduces the same sample on any
-                        server and any batch; tokenizer.json and client.json (inputs, recipes) sit beside it
+    TASK_condition_projection/, TASK_best_of_split/, TASK_best_of_select/
+                        small onnxruntime graphs (export/triton_graphs.py) where the sampling needs them: the
+                        bundle's condition bank, and the split / choice of best_of candidates
+    TASK/               ensemble, Pipeline.translate's default sampling: source encoder -> condition projection
+                        (bundles with a condition bank) -> flow_forward on each of best_of candidates -> flow_inverse
+                        -> the most likely -> `cycles` x (target decoder -> target encoder) -> target decoder
+                        (best_of, cycles: the manifest's `sampling`, or --best-of / --cycles). The residual `v` is
+                        an input: sampling stays with the client (v = default_rng(seed).standard_normal((N * best_of,
+                        D), float32) * temperature as (N, best_of, D); (N, D) when best_of is 1), as
+                        runtime.Pipeline draws it, so a seed reproduces the same sample on any server and any batch;
+                        tokenizer.json and client.json (inputs, recipes) sit beside it
     TASK_edit/          ensemble (bundles with a target encoder): target encoder -> flow_inverse (source) ->
-                        flow_forward (new source) -> target decoder, i.e. Pipeline.transfer
+                        flow_forward (new source) -> target decoder, i.e. Pipeline.transfer (exact conditions)
 
 Tensors are the graphs' own: images float32 NCHW in [-1, 1] (x / 127.5 - 1 in, clip(rint((y + 1) * 127.5)) out),
 texts as token ids from the bundle's tokenizer. Validated structurally (each config.pbtxt parses as Triton's
@@ -29,6 +37,10 @@ import shutil
 import sys
 from pathlib import Path
 
+import onnx
+
+from export.triton_graphs import best_of_select, best_of_split, condition_projection
+from runtime.condition_bank import ConditionBank
 from runtime.manifest import (
     FUSED_ROLES,
     PipelineError,
@@ -38,6 +50,7 @@ from runtime.manifest import (
     sha256_file,
     verify_files,
 )
+from runtime.sampling import check_best_of, check_cycles, default_best_of, default_cycles
 
 TRITON_TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64", "int32": "TYPE_INT32",
                 "uint8": "TYPE_UINT8", "int8": "TYPE_INT8", "bool": "TYPE_BOOL"}
@@ -107,17 +120,49 @@ def _step(task: str, role: str, inputs: dict[str, str], outputs: dict[str, str])
             "output_map": [{"key": k, "value": v} for k, v in outputs.items()]}
 
 
-def ensemble_configs(manifest: dict, stages: dict, max_batch: int) -> dict[str, dict]:
+def sampling_steps(task: str, cond: str, best_of: int, cycles: int, decoder: bool, project: bool) -> list[dict]:
+    """Steps from zΦ (`cond`) and `v` to the output, as Pipeline.translate: projection, the most likely of `best_of`
+    candidates (v: (B, best_of, D)), `cycles` round trips through the autoencoder, the decoder."""
+    steps = []
+    if project:
+        steps.append(_step(task, "condition_projection", {"cond": cond}, {"projected": "projected_cond"}))
+        cond = "projected_cond"
+    last = "z"
+    if best_of == 1:
+        steps.append(_step(task, "flow_forward", {"v": "v", "cond": cond}, {"z": "z"}))
+    else:
+        steps.append(_step(task, "best_of_split", {"v": "v"}, {f"v_{j}": f"v_{j}" for j in range(best_of)}))
+        for j in range(best_of):        # n steps on the stage models: Triton's dynamic batcher may merge them
+            steps += [_step(task, "flow_forward", {"v": f"v_{j}", "cond": cond}, {"z": f"z_{j}"}),
+                      _step(task, "flow_inverse", {"z": f"z_{j}", "cond": cond},
+                            {"v": f"inverse_v_{j}", "logdet": f"logdet_{j}"})]
+        last = "z_best" if decoder else "z"
+        steps.append(_step(task, "best_of_select", {**{f"z_{j}": f"z_{j}" for j in range(best_of)},
+                                                     **{f"v_{j}": f"inverse_v_{j}" for j in range(best_of)},
+                                                     **{f"logdet_{j}": f"logdet_{j}" for j in range(best_of)}},
+                           {"z": last}))
+    for c in range(cycles):             # float images between Λ and Θ, as Pipeline
+        steps += [_step(task, "target_decoder", {"z": last}, {"image": f"cycle{c}_image"}),
+                  _step(task, "target_encoder", {"image": f"cycle{c}_image"}, {"z": f"cycle{c}_z"})]
+        last = f"cycle{c}_z"
+    if decoder:
+        steps.append(_step(task, "target_decoder", {"z": last}, {"image": "image"}))
+    return steps
+
+
+def ensemble_configs(manifest: dict, stages: dict, max_batch: int, best_of: int = 1, cycles: int = 0,
+                     project: bool = False) -> dict[str, dict]:
     """TASK (sampling) and, with a target encoder, TASK_edit (transfer)."""
     task, spec = manifest["task"], lambda role, io, i: manifest["stages"][stages[role]][io][i]
     decoder = "target_decoder" in stages
     out = _tensor(spec("target_decoder", "outputs", 0)) if decoder else _tensor(spec("flow_forward", "outputs", 0))
     source_inputs, steps, cond = _source_feeds(manifest, stages)
-    steps.append(_step(task, "flow_forward", {"v": "v", "cond": cond}, {"z": "z" if decoder else out["name"]}))
-    if decoder:
-        steps.append(_step(task, "target_decoder", {"z": "z"}, {"image": "image"}))
+    steps += sampling_steps(task, cond, best_of, cycles, decoder, project)
+    v = _tensor(spec("flow_forward", "inputs", 0))
+    if best_of > 1:
+        v = {**v, "dims": [best_of, *v["dims"]]}
     configs = {task: {"name": task, "platform": "ensemble", "max_batch_size": max_batch,
-                      "input": [*source_inputs, _tensor(spec("flow_forward", "inputs", 0))], "output": [out],
+                      "input": [*source_inputs, v], "output": [out],
                       "ensemble_scheduling": {"step": steps}}}
     if "target_encoder" in stages and decoder:
         new_inputs, new_steps, new_cond = _source_feeds(manifest, stages, "new_")
@@ -134,34 +179,64 @@ def ensemble_configs(manifest: dict, stages: dict, max_batch: int) -> dict[str, 
     return configs
 
 
-def client_info(manifest: dict, configs: dict[str, dict]) -> dict:
-    info = {"task": manifest["task"], "source_kind": manifest["source_kind"], "latent_dim": manifest["latent_dim"],
-            "sampling": "v = numpy.random.default_rng(seed).standard_normal((N, latent_dim), dtype=float32) * "
-                        "temperature; row i of one call with seed s equals runtime.Pipeline.translate(..., seed=s)",
+def client_info(manifest: dict, configs: dict[str, dict], best_of: int = 1, cycles: int = 0,
+                project: bool = False) -> dict:
+    d, task = manifest["latent_dim"], manifest["task"]
+    draw = (f"v = numpy.random.default_rng(seed).standard_normal((N, {d}), dtype=float32) * temperature"
+            if best_of == 1 else
+            f"v = (numpy.random.default_rng(seed).standard_normal((N * {best_of}, {d}), dtype=float32) * "
+            f"temperature).reshape(N, {best_of}, {d})")
+    info = {"task": task, "source_kind": manifest["source_kind"], "latent_dim": d,
+            "sampling": f"{draw}; row i of one call with seed s equals runtime.Pipeline.translate(..., seed=s) "
+                        "(N rows: one per sample, a source repeated for several samples of it)",
             "default_temperature": default_temperature(manifest),
+            "best_of": best_of, "cycles": cycles,
+            "selection": (f"server-side in '{task}': each row's z is the most likely of its {best_of} candidates "
+                          "under τ (flow_inverse, best_of_select), as Pipeline.translate" if best_of > 1 else
+                          "none: one candidate per row"),
             "models": {name: {"inputs": {t["name"]: [str(t["data_type"]), t["dims"]] for t in c["input"]},
                               "outputs": {t["name"]: [str(t["data_type"]), t["dims"]] for t in c["output"]}}
                        for name, c in configs.items() if c["platform"] == "ensemble"}}
+    if "condition_bank" in manifest:
+        info["condition_bank"] = (f"applied server-side in '{task}' (model {task}_condition_projection, as "
+                                  "runtime.Pipeline.translate); not in the edit ensemble, which keeps the exact "
+                                  "condition as Pipeline.transfer" if project else
+                                  "not applied: exported without projection; runtime.Pipeline.translate projects")
     if "image" in manifest:
         info["image"] = {**manifest["image"], "to_model": "x / 127.5 - 1 (uint8 NHWC -> NCHW)",
                          "from_model": "clip(rint((y + 1) * 127.5), 0, 255) (NCHW -> uint8 NHWC)"}
-    if "condition_bank" in manifest:      # numpy between Φ and τ: no ONNX step of these ensembles does it
-        info["condition_bank"] = ("not applied: these ensembles sample from the exact condition; runtime.Pipeline "
-                                  "and `python -m runtime serve` project it onto the bundle's condition_bank.npy")
     if "tokenizer" in manifest:
         info["tokenizer"] = {"file": "tokenizer.json", "max_tokens": manifest["tokenizer"]["max_tokens"],
                              "pad_id": manifest["tokenizer"].get("pad_id", 0)}
     return info
 
 
+def sampling_graphs(bundle: Path, manifest: dict, best_of: int, project: bool) -> dict[str, tuple]:
+    """role -> (ONNX model, inputs, outputs) of the small graphs the sampling ensemble needs (export.triton_graphs)."""
+    graphs = {}
+    if project:
+        rows = ConditionBank.load(bundle, manifest).rows             # checked as Pipeline.load checks it
+        graphs["condition_projection"] = condition_projection(rows, manifest["condition_bank"]["min_similarity"])
+    if best_of > 1:
+        graphs["best_of_split"] = best_of_split(best_of, int(manifest["latent_dim"]))
+        graphs["best_of_select"] = best_of_select(best_of, int(manifest["latent_dim"]))
+    return graphs
+
+
 def write_repository(bundle: str | Path, out: str | Path, precision: str = "fp32", backend: str = "onnxruntime",
-                     max_batch: int = 64, delay_us: int = 2000, instances: int = 1, kind: str = "gpu") -> list[str]:
-    """Write TASK's models into the repository `out` (other models there are left alone); returns their names."""
+                     max_batch: int = 64, delay_us: int = 2000, instances: int = 1, kind: str = "gpu",
+                     best_of: int | None = None, cycles: int | None = None, project: bool = True) -> list[str]:
+    """Write TASK's models into the repository `out` (other models there are left alone); returns their names.
+    best_of / cycles: the sampling ensemble's (None: the bundle's defaults, as Pipeline.translate); project: apply
+    the bundle's condition bank (where it has one) between Φ and τ, as Pipeline.load(..., project=True)."""
     bundle, out = Path(bundle), Path(out)
     manifest = read_manifest(bundle)
     verify_files(bundle, manifest)
     # the ensembles chain the stage models server-side; the bundle's fused graphs would repeat their weights
     stages = {r: n for r, n in select_stages(manifest, precision).items() if r not in FUSED_ROLES}
+    best_of = default_best_of(manifest) if best_of is None else check_best_of(best_of)
+    cycles = default_cycles(manifest, stages) if cycles is None else check_cycles(cycles, stages)
+    project = project and "condition_bank" in manifest
     if backend not in PLATFORMS:
         raise PipelineError(f"unknown backend '{backend}'; choose onnxruntime or tensorrt")
     if backend == "tensorrt":
@@ -188,11 +263,18 @@ def write_repository(bundle: str | Path, out: str | Path, precision: str = "fp32
         if sha256_file(out / model / "1" / model_file) != digest:
             raise PipelineError(f"copy of {src} to {out / model} fails its SHA-256 check; disk full or changing?")
         configs[model] = stage_config(model, st, platform, max_batch, delay_us, instances, kind)
-    configs.update(ensemble_configs(manifest, stages, max_batch))
+    for role, (graph, ins, outs) in sampling_graphs(bundle, manifest, best_of, project).items():
+        model = f"{task}_{role}"         # onnxruntime with either backend: a few ops, no weights worth a plan
+        (out / model / "1").mkdir(parents=True, exist_ok=True)
+        onnx.save(graph, str(out / model / "1" / "model.onnx"))
+        configs[model] = stage_config(model, {"inputs": ins, "outputs": outs}, PLATFORMS["onnxruntime"][0],
+                                      max_batch, delay_us, instances, kind)
+    configs.update(ensemble_configs(manifest, stages, max_batch, best_of, cycles, project))
     for model, config in configs.items():
         (out / model / "1").mkdir(parents=True, exist_ok=True)       # ensembles need an (empty) version folder
         (out / model / "config.pbtxt").write_text(to_pbtxt(config) + "\n")
-    (out / task / "client.json").write_text(json.dumps(client_info(manifest, configs), indent=2) + "\n")
+    info = client_info(manifest, configs, best_of, cycles, project)
+    (out / task / "client.json").write_text(json.dumps(info, indent=2) + "\n")
     if "tokenizer" in manifest:
         shutil.copyfile(bundle / "tokenizer" / "tokenizer.json", out / task / "tokenizer.json")
     return list(configs)
@@ -217,10 +299,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-queue-delay-us", type=int, default=2000)
     ap.add_argument("--instances", type=int, default=1, help="instances per stage model")
     ap.add_argument("--kind", default="gpu", choices=["gpu", "cpu"], help="instance kind")
+    ap.add_argument("--best-of", type=int, default=None, help="candidates per sample (default: the bundle's)")
+    ap.add_argument("--cycles", type=int, default=None, help="autoencoder round trips (default: the bundle's)")
+    ap.add_argument("--no-project", action="store_true", help="sample from the exact condition (no condition bank)")
     args = ap.parse_args(argv)
     try:
         models = write_repository(args.bundle, args.out, args.precision, args.backend, args.max_batch,
-                                  args.max_queue_delay_us, args.instances, args.kind)
+                                  args.max_queue_delay_us, args.instances, args.kind, args.best_of, args.cycles,
+                                  not args.no_project)
     except (PipelineError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -96,7 +96,11 @@ def test_ensembles_pass_tritons_wiring_rules(repo):
     """What Triton checks when it loads an ensemble: every step input mapped to a known tensor of the same type
     and shape, every mapped name a real input/output, composing max_batch_size >= the ensemble's, and every
     ensemble output produced."""
-    out, models, configs = repo
+    check_wiring(repo[2])
+
+
+def check_wiring(configs: dict) -> None:
+    """Triton's ensemble loading checks on parsed configs (name -> ModelConfig), as in the test above."""
     for name, cfg in configs.items():
         if cfg.platform != "ensemble":
             continue
