@@ -37,9 +37,6 @@ import shutil
 import sys
 from pathlib import Path
 
-import onnx
-
-from export.triton_graphs import best_of_select, best_of_split, condition_projection
 from runtime.condition_bank import ConditionBank
 from runtime.manifest import (
     FUSED_ROLES,
@@ -214,6 +211,13 @@ def client_info(manifest: dict, configs: dict[str, dict], best_of: int = 1, cycl
 def sampling_graphs(bundle: Path, manifest: dict, best_of: int, project: bool) -> dict[str, tuple]:
     """role -> (ONNX model, inputs, outputs) of the small graphs the sampling ensemble needs (export.triton_graphs)."""
     graphs = {}
+    if not project and best_of == 1:
+        return graphs
+    try:        # onnx builds the graphs: not in the lean install (`pip install .`), whose plain ensembles need none
+        from export.triton_graphs import best_of_select, best_of_split, condition_projection
+    except ImportError:
+        raise PipelineError("the condition projection and best-of graphs need the onnx package (pip install onnx); "
+                            "or write plain ensembles with --best-of 1 --cycles 0 --no-project") from None
     if project:
         rows = ConditionBank.load(bundle, manifest).rows             # checked as Pipeline.load checks it
         graphs["condition_projection"] = condition_projection(rows, manifest["condition_bank"]["min_similarity"])
@@ -266,7 +270,7 @@ def write_repository(bundle: str | Path, out: str | Path, precision: str = "fp32
     for role, (graph, ins, outs) in sampling_graphs(bundle, manifest, best_of, project).items():
         model = f"{task}_{role}"         # onnxruntime with either backend: a few ops, no weights worth a plan
         (out / model / "1").mkdir(parents=True, exist_ok=True)
-        onnx.save(graph, str(out / model / "1" / "model.onnx"))
+        (out / model / "1" / "model.onnx").write_bytes(graph.SerializeToString())
         configs[model] = stage_config(model, {"inputs": ins, "outputs": outs}, PLATFORMS["onnxruntime"][0],
                                       max_batch, delay_us, instances, kind)
     configs.update(ensemble_configs(manifest, stages, max_batch, best_of, cycles, project))

@@ -3,10 +3,13 @@ onto the bundle's condition bank (export/triton_graphs.py's condition_projection
 candidates, `cycles` autoencoder round trips. The graphs are checked against runtime/condition_bank.py and
 runtime/sampling.py, and the ensemble, run step by step on onnxruntime, against Pipeline.translate row for row."""
 import json
+import subprocess
+import sys
 
 import numpy as np
 import onnxruntime as ort
 import pytest
+from test_export import BLOCK_TORCH, ROOT
 from test_export_triton import check_wiring, run_ensemble, to_uint8
 
 from export import onnx as export_onnx
@@ -152,3 +155,19 @@ def test_best_of_without_a_decoder_returns_the_selected_latent(bundles, tmp_path
     np.testing.assert_array_equal(z, f.translate(cond, seed=2, best_of=2))
     with pytest.raises(ValueError, match="cycles needs a bundle with a target encoder and decoder"):
         write_repository(bundles.get("features"), tmp_path / "x", cycles=1)
+
+
+def test_without_onnx_the_plain_ensembles_still_export_and_the_rest_says_what_to_install(banked, tmp_path):
+    """The lean install (`pip install .`) has onnxruntime but not onnx, which builds the small graphs."""
+    block = BLOCK_TORCH.replace("'sentence_transformers')", "'sentence_transformers', 'onnx')")
+    assert "'onnx'" in block
+
+    def cli(*extra):
+        args = ["--bundle", str(banked), *extra]
+        code = block + f"import sys\nfrom export.triton import main\nsys.exit(main({args!r}))"
+        return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    p = cli("--out", str(tmp_path / "r"))
+    err = p.stderr.strip().splitlines()
+    assert p.returncode == 2 and len(err) == 1 and "pip install onnx" in err[0] and "--best-of 1" in err[0], p.stderr
+    p = cli("--out", str(tmp_path / "r"), "--best-of", "1", "--cycles", "0", "--no-project")
+    assert p.returncode == 0 and "wrote 7 models" in p.stdout, p.stderr
