@@ -3,8 +3,9 @@
     python scripts/triton_replay.py --bundle engines/text2image [--captions 12] [--samples 2] [--seed 11]
 
 Writes the repository (python -m export.triton's write_repository) into a temporary folder, chains its models in
-the ensemble's step order (Triton's scheduler, without Triton) with client.json's recipe (one draw per call, one
-request per text), and prints the largest pixel difference to Pipeline.translate for the same seed, on captions in
+the ensemble's step order (Triton's scheduler, without Triton) with client.json's recipe (one draw per call; a
+request per text, then a request per row), and prints the largest pixel difference to Pipeline.translate for the
+same seed, on captions in
 training and in held-out phrasing (train/data/captions.py), plus how far each condition is from flipping the
 projection. No GPU Triton here: this is the check a server would pass, on CPU onnxruntime. Imports no torch.
 """
@@ -79,18 +80,20 @@ def compare(args, out: Path) -> None:
     v = np.random.default_rng(args.seed).standard_normal((len(texts) * s * n, d), dtype=np.float32) \
         * np.float32(info["default_temperature"])
     v = v.reshape((len(texts) * s, n, d) if n > 1 else (len(texts) * s, d))
-    sessions, served = {}, []
-    for i, text in enumerate(texts):
-        e = tok.encode(text)
-        feeds = {"input_ids": np.array([e.ids] * s, np.int64), "v": v[i * s:(i + 1) * s],
-                 "attention_mask": np.array([e.attention_mask] * s, np.int64)}
-        served.append(images_from_model(replay(out, configs[task], feeds, sessions)["image"]))
-    served = np.concatenate(served)
     p = Pipeline.load(args.bundle)
     ref = p.translate(texts, num_samples=s, seed=args.seed)
-    diff = np.abs(served.astype(int) - ref.astype(int)).reshape(len(ref), -1).max(1)
-    print(f"{len(ref)} rows ({len(texts)} captions x {s}, seed {args.seed}): max |diff| {diff.max()} (0-255), "
-          f"rows differing {int((diff > 0).sum())}")
+    sessions = {}
+    for rows in sorted({s, 1}, reverse=True):      # a request per text (one source-encoder batch), one per row
+        served = []
+        for i, text in enumerate(texts):
+            e = tok.encode(text)
+            for r in range(i * s, (i + 1) * s, rows):
+                feeds = {"input_ids": np.array([e.ids] * rows, np.int64), "v": v[r:r + rows],
+                         "attention_mask": np.array([e.attention_mask] * rows, np.int64)}
+                served.append(images_from_model(replay(out, configs[task], feeds, sessions)["image"]))
+        diff = np.abs(np.concatenate(served).astype(int) - ref.astype(int)).reshape(len(ref), -1).max(1)
+        print(f"{len(ref)} rows ({len(texts)} captions x {s}, seed {args.seed}), {rows} row(s) per request: "
+              f"max |diff| {diff.max()} (0-255), rows differing {int((diff > 0).sum())}")
     exact = Pipeline.load(args.bundle, project=False)
     plain = exact.translate(texts, num_samples=s, seed=args.seed, best_of=1, cycles=0)
     print(f"for scale, the former ensemble (exact condition, one candidate, no cycle) vs translate: mean |diff| "
@@ -101,6 +104,9 @@ def compare(args, out: Path) -> None:
         sim = (cond / np.linalg.norm(cond, axis=1, keepdims=True)) @ bank.unit.T
         top = np.sort(sim, axis=1)[:, -2:]
         moved = top[:, 1] < bank.min_similarity
+        graph = sessions[f"{task}_condition_projection"].run(None, {"cond": cond})[0]
+        print(f"projection graph == runtime ConditionBank.project on all {len(cond)} conditions: "
+              f"{np.array_equal(graph, bank.project(cond)[0])}")
         print(f"projection: {len(bank.rows)} rows, min_similarity {bank.min_similarity:.6f}; moved: training "
               f"phrasing {int(moved[:args.captions].sum())}/{args.captions}, held-out "
               f"{int(moved[args.captions:].sum())}/{args.captions}; smallest |best - min_similarity| "
