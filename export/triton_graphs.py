@@ -19,7 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from runtime.condition_bank import ConditionBank
 
-OPSET, IR_VERSION = 17, 8          # what every Triton onnxruntime backend since 23.xx loads
+OPSET, IR_VERSION = 17, 8          # as the bundle's own stage graphs (export.onnx DEFAULT_OPSET): loads where they do
 
 
 def _spec(name: str, shape: list, dtype: str = "float32") -> dict:
