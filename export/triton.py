@@ -295,6 +295,24 @@ def parse_configs(out: str | Path, models: list[str]) -> dict:
             for m in models}
 
 
+def replay_ensemble(out: str | Path, cfg, feeds: dict, sessions: dict | None = None) -> dict:
+    """Execute an ensemble's steps in order on CPU onnxruntime (Triton's scheduler, without Triton): the check a
+    server would pass. cfg: a parsed ensemble config (parse_configs); sessions: a cache across calls."""
+    import onnxruntime as ort
+    sessions = {} if sessions is None else sessions
+    tensors = dict(feeds)
+    for step in cfg.ensemble_scheduling.step:
+        if step.model_name not in sessions:
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = 1
+            sessions[step.model_name] = ort.InferenceSession(str(Path(out) / step.model_name / "1" / "model.onnx"),
+                                                             options, providers=["CPUExecutionProvider"])
+        feed = {k: tensors[v] for k, v in step.input_map.items()}
+        result = sessions[step.model_name].run(list(step.output_map), feed)
+        tensors.update({step.output_map[k]: r for k, r in zip(step.output_map, result)})
+    return {t.name: tensors[t.name] for t in cfg.output}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m export.triton", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)

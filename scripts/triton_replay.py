@@ -17,10 +17,9 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from export.triton import parse_configs, write_repository
+from export.triton import parse_configs, replay_ensemble, write_repository
 from runtime import Pipeline
 from runtime.condition_bank import ConditionBank
 from runtime.inputs import images_from_model
@@ -38,20 +37,6 @@ def captions(n: int, split: str, rng: np.random.Generator) -> list[str]:
             values.update({name: int(i == pick) for i, name in enumerate(names)})
         out.append(make_caption(values, rng, split)[0])
     return out
-
-
-def replay(out: Path, cfg, feeds: dict[str, np.ndarray], sessions: dict) -> dict[str, np.ndarray]:
-    tensors = dict(feeds)
-    for step in cfg.ensemble_scheduling.step:
-        if step.model_name not in sessions:
-            options = ort.SessionOptions()
-            options.intra_op_num_threads = 1
-            sessions[step.model_name] = ort.InferenceSession(str(out / step.model_name / "1" / "model.onnx"),
-                                                             options, providers=["CPUExecutionProvider"])
-        result = sessions[step.model_name].run(list(step.output_map),
-                                               {k: tensors[v] for k, v in step.input_map.items()})
-        tensors.update({step.output_map[k]: r for k, r in zip(step.output_map, result)})
-    return {t.name: tensors[t.name] for t in cfg.output}
 
 
 def main() -> None:
@@ -90,7 +75,7 @@ def compare(args, out: Path) -> None:
             for r in range(i * s, (i + 1) * s, rows):
                 feeds = {"input_ids": np.array([e.ids] * rows, np.int64), "v": v[r:r + rows],
                          "attention_mask": np.array([e.attention_mask] * rows, np.int64)}
-                served.append(images_from_model(replay(out, configs[task], feeds, sessions)["image"]))
+                served.append(images_from_model(replay_ensemble(out, configs[task], feeds, sessions)["image"]))
         diff = np.abs(np.concatenate(served).astype(int) - ref.astype(int)).reshape(len(ref), -1).max(1)
         print(f"{len(ref)} rows ({len(texts)} captions x {s}, seed {args.seed}), {rows} row(s) per request: "
               f"max |diff| {diff.max()} (0-255), rows differing {int((diff > 0).sum())}")

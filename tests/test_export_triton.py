@@ -5,16 +5,14 @@ Structural: no GPU Triton here to serve the repository."""
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from test_export import BLOCK_TORCH, ROOT
 
 from export.triton import main as export_triton
-from export.triton import parse_configs, write_repository
+from export.triton import parse_configs, replay_ensemble, write_repository
 from runtime import Pipeline
 from runtime.manifest import MANIFEST, sha256_file
 
@@ -119,16 +117,6 @@ def check_wiring(configs: dict) -> None:
             assert tensors.get(key) == spec, (name, key)
 
 
-def run_ensemble(out: Path, cfg, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Execute an ensemble's steps in order on onnxruntime: Triton's scheduler, without Triton."""
-    tensors = dict(feeds)
-    for step in cfg.ensemble_scheduling.step:
-        sess = ort.InferenceSession(str(out / step.model_name / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
-        result = sess.run(list(step.output_map), {k: tensors[v] for k, v in step.input_map.items()})
-        tensors.update({step.output_map[k]: r for k, r in zip(step.output_map, result)})
-    return {t.name: tensors[t.name] for t in cfg.output}
-
-
 def to_uint8(y: np.ndarray) -> np.ndarray:
     return np.clip(np.rint((y + 1.0) * 127.5), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
 
@@ -143,19 +131,19 @@ def test_ensembles_reproduce_the_pipeline(repo, task_bundles):
     enc = tok.encode("a red square")
     ids, mask = np.array([enc.ids], np.int64), np.array([enc.attention_mask], np.int64)
     v = np.random.default_rng(5).standard_normal((1, 6), dtype=np.float32) * np.float32(0.8)
-    y = run_ensemble(out, configs["text2image"], {"input_ids": ids, "attention_mask": mask, "v": v})["image"]
+    y = replay_ensemble(out, configs["text2image"], {"input_ids": ids, "attention_mask": mask, "v": v})["image"]
     image = to_uint8(y)
     assert np.array_equal(image, p.translate(["a red square"], seed=5, temperature=0.8))
     enc2 = tok.encode("a blue circle")
     x = (image.astype(np.float32) / 127.5 - 1.0).transpose(0, 3, 1, 2)
-    y = run_ensemble(out, configs["text2image_edit"], {
+    y = replay_ensemble(out, configs["text2image_edit"], {
         "image": x, "input_ids": ids, "attention_mask": mask, "new_input_ids": np.array([enc2.ids], np.int64),
         "new_attention_mask": np.array([enc2.attention_mask], np.int64)})["edited_image"]
     assert np.array_equal(to_uint8(y), p.transfer(image, ["a red square"], ["a blue circle"]))
     f = Pipeline.load(task_bundles["features"])
     cond = np.load(task_bundles["features"] / "validation/cond.npy")[:3]
     v = np.random.default_rng(1).standard_normal((3, 8), dtype=np.float32)
-    z = run_ensemble(out, configs["features"], {"cond": cond, "v": v})["z"]
+    z = replay_ensemble(out, configs["features"], {"cond": cond, "v": v})["z"]
     assert np.array_equal(z, f.translate(cond, seed=1))
 
 

@@ -10,12 +10,12 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 from test_export import BLOCK_TORCH, ROOT
-from test_export_triton import check_wiring, run_ensemble, to_uint8
+from test_export_triton import check_wiring, to_uint8
 
 from export import onnx as export_onnx
 from export.onnx import export_bundle
 from export.triton import main as export_triton
-from export.triton import parse_configs, write_repository
+from export.triton import parse_configs, replay_ensemble, write_repository
 from export.triton_graphs import best_of_select, best_of_split, condition_projection
 from runtime import Pipeline
 from runtime.condition_bank import ConditionBank
@@ -109,7 +109,7 @@ def client_call(out, info: dict, cfg, texts: list[str], samples: int, seed: int)
         enc = tok.encode(text)
         feeds = {"input_ids": np.array([enc.ids] * samples, np.int64), "v": v[i * samples:(i + 1) * samples],
                  "attention_mask": np.array([enc.attention_mask] * samples, np.int64)}
-        images.append(to_uint8(run_ensemble(out, cfg, feeds)["image"]))
+        images.append(to_uint8(replay_ensemble(out, cfg, feeds)["image"]))
     return np.concatenate(images)
 
 
@@ -151,7 +151,7 @@ def test_best_of_without_a_decoder_returns_the_selected_latent(bundles, tmp_path
     check_wiring(configs)
     cond = np.load(bundles.get("features") / "validation/cond.npy")[:5]
     v = (seeded_rng(2).standard_normal((10, 8), dtype=np.float32) * np.float32(f.default_temperature)).reshape(5, 2, 8)
-    z = run_ensemble(tmp_path, configs["features"], {"cond": cond, "v": v})["z"]
+    z = replay_ensemble(tmp_path, configs["features"], {"cond": cond, "v": v})["z"]
     np.testing.assert_array_equal(z, f.translate(cond, seed=2, best_of=2))
     with pytest.raises(ValueError, match="cycles needs a bundle with a target encoder and decoder"):
         write_repository(bundles.get("features"), tmp_path / "x", cycles=1)
